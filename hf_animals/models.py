@@ -9,8 +9,10 @@ One code path creates, saves, loads and pushes all of them (`timm.create_model`,
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 import socket
 import threading
 import urllib.parse
@@ -620,9 +622,18 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike, class_names: Sequen
     out_dir = Path(out_dir)
     model_config = dict(extra_config or {}, label_names=class_names)
     model_args = getattr(model, 'model_args', None)
-    timm.models.save_for_hf(model, out_dir, model_config=model_config,
+    if any(not p.is_contiguous() for p in model.parameters()):
+        # channels_last training: safetensors stores contiguous tensors only; save a standard-layout copy.
+        model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    # Write beside, then swap in: an interrupted save never leaves a half-written best checkpoint.
+    tmp = out_dir / '.saving'
+    shutil.rmtree(tmp, ignore_errors=True)
+    timm.models.save_for_hf(model, tmp, model_config=model_config,
                             model_args=dict(model_args) if isinstance(model_args, dict) else None,
                             safe_serialization=True)
+    for file in tmp.iterdir():
+        os.replace(file, out_dir / file.name)
+    tmp.rmdir()
     return out_dir
 
 

@@ -1,0 +1,579 @@
+"""The Accelerate training loop: one run folder per (model, regime, hyper-parameters).
+
+Modelled on Accelerate's plain-loop examples: `Accelerator` owns devices, processes and mixed precision; this module
+owns the protocol (seeded order, validation every epoch, best checkpoint by validation accuracy, resume, test
+evaluation, plots). The same `train()` runs under `python`, `accelerate launch` or `torchrun`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from . import data as hfdata
+from . import metrics as hfmetrics
+from . import models as hfmodels
+from . import plots
+from .errors import UserError
+
+RUN_FILES = ("config.json", "model.safetensors", "history.csv", "history.json", "metrics.json", "run.json")
+CHECKPOINT_DIR = "checkpoint"  # last-epoch state for --resume (model, optimizer, scheduler, scaler, RNG)
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of one run; saved verbatim into run.json so a run can be reproduced from its folder."""
+
+    model: str = "resnet18"
+    unfreeze: str = "all"
+    data_dir: str = ""
+    output_dir: str = ""
+    splits: str | None = None  # manifest from prepare_data.py; None: split here and save it in the run folder
+    train_per_class: int = 300
+    val_per_class: int = 75
+    test_per_class: int = 75
+    proportional: bool = False
+    skip_bad: bool = False
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 0.01
+    backbone_lr_scale: float = 0.1  # unfrozen pretrained blocks learn at lr * scale; the head at lr
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    sched: str = "cosine"
+    warmup_epochs: int = 0
+    early_stopping: int = 0  # patience in epochs without val-accuracy gain; 0 = off
+    image_size: int | None = None  # None: the model's pretrained config (data and model agree)
+    augment: bool = True
+    mixed_precision: str | None = None  # None: from accelerate config / `accelerate launch`
+    seed: int = 42
+    pretrained: bool = True
+    pretrained_file: str | None = None
+    drop_rate: float | None = None
+    feature_cache: bool = True  # train only the trainable suffix on cached frozen-prefix features when exact
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = 0
+    cache_dir: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    max_train_batches: int = 0  # benchmark aid: stop each epoch after N batches (0 = all)
+    stop_after_epochs: int = 0  # end this invocation after N epochs, resumable (preemptible machines, tests)
+    pipeline: str = "cached"  # "naive": decode every image every epoch (torchvision ImageFolder) - the baseline
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "backbone_lr_scale": math.isfinite(self.backbone_lr_scale) and self.backbone_lr_scale >= 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
+            "early_stopping": self.early_stopping >= 0,
+            "image_size": self.image_size is None or self.image_size >= 32,
+            "num_workers": self.num_workers >= 0,
+        }
+        bad = [f"--{k.replace('_', '-')}={getattr(self, k)}" for k, ok in checks.items() if not ok]
+        if bad:
+            raise UserError(f"invalid value(s): {', '.join(bad)} (see --help for the allowed ranges)")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.sched not in ("cosine", "step", "none"):
+            raise UserError(f"unknown schedule {self.sched!r}; choose from cosine, step, none")
+        if self.pipeline not in ("cached", "naive"):
+            raise UserError(f"unknown pipeline {self.pipeline!r}; choose from cached, naive")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose from no, fp16, bf16")
+
+
+OPTIMIZERS = {
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0),
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run folder helpers
+# ----------------------------------------------------------------------------------------------------------------
+def is_run_complete(run_dir: str | Path) -> bool:
+    """A run is complete once run.json says so (written last, after the test evaluation)."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "complete"
+    except json.JSONDecodeError:
+        return False
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).exists()
+
+
+def _claim_output_dir(cfg: TrainConfig) -> Path:
+    """Refuse to clobber an earlier run: a non-empty folder needs --resume or --overwrite."""
+    out = Path(cfg.output_dir)
+    if not cfg.output_dir:
+        raise UserError("--output-dir is required")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output-dir {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        if not cfg.overwrite:
+            raise UserError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
+        if not any((out / name).exists() for name in (*RUN_FILES, CHECKPOINT_DIR, "splits.csv")):
+            raise UserError(f"{out} does not look like a run folder; refusing to --overwrite it")
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)  # atomic: an interrupted write never leaves half a file
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(type(obj))
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    _write_json(run_dir / "history.json", history)
+    if history:
+        cols = list(history[0])
+        lines = [",".join(cols)] + [",".join(_fmt(row[c]) for c in cols) for row in history]
+        (run_dir / "history.csv").write_text("\n".join(lines) + "\n")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def library_versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import evaluate
+    import huggingface_hub
+    import timm
+    import torchvision
+
+    mods = (torch, torchvision, timm, datasets, accelerate, evaluate, huggingface_hub)
+    versions = {m.__name__: m.__version__ for m in mods}
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """GPU: max_memory_allocated; otherwise the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data for one run
+# ----------------------------------------------------------------------------------------------------------------
+def _manifest_for(cfg: TrainConfig, out: Path, accelerator) -> Path:
+    """The run's manifest: the given one (verified) or a fresh split saved in the run folder."""
+    if cfg.splits:
+        path = Path(cfg.splits)
+        if not path.is_file():
+            raise UserError(f"--splits {path} does not exist (make one with scripts/prepare_data.py)")
+        hfdata.read_manifest(path, cfg.data_dir, verify=True)
+        return path
+    path = out / "splits.csv"
+    if accelerator.is_main_process and not path.exists():
+        hfdata.prepare_splits(
+            cfg.data_dir, out, train=cfg.train_per_class, val=cfg.val_per_class, test=cfg.test_per_class,
+            seed=cfg.seed, proportional=cfg.proportional, skip_bad=cfg.skip_bad,
+        )
+    accelerator.wait_for_everyone()
+    return path
+
+
+class Normalized(torch.nn.Module):
+    """uint8 images in, logits out: normalisation runs on the model's device (GPU when there is one)."""
+
+    def __init__(self, model: torch.nn.Module, mean, std):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = (x.float() - self.mean) / self.std
+        return self.model(x)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    kwargs = {"mixed_precision": cfg.mixed_precision} if cfg.mixed_precision else {}
+    try:
+        # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
+        # runs shuffle exactly like an uninterrupted single run.
+        return Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
+    except ValueError as err:  # e.g. fp16 asked for on a machine that cannot do it
+        raise UserError(f"mixed precision {cfg.mixed_precision!r}: {err}") from None
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train, validate every epoch, keep the best checkpoint, evaluate it on the test split; return run.json."""
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    out = _claim_output_dir(cfg)
+    if cfg.resume and is_run_complete(out):
+        return json.loads((out / "run.json").read_text())
+    accelerator = make_accelerator(cfg)
+    if accelerator.is_main_process:
+        if cfg.overwrite and not cfg.resume and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    manifest = _manifest_for(cfg, out, accelerator)
+    rows = hfdata.read_manifest(manifest, cfg.data_dir, verify=False)
+    class_names = hfdata.class_names(rows)
+
+    set_seed(cfg.seed)
+    model = hfmodels.create_model(cfg.model, num_classes=len(class_names), pretrained=cfg.pretrained,
+                                  pretrained_file=cfg.pretrained_file,
+                                  **({"drop_rate": cfg.drop_rate} if cfg.drop_rate is not None else {}))
+    regime = hfmodels.apply_regime(model, cfg.unfreeze)
+    dcfg = hfmodels.data_config(model)
+    image_size = cfg.image_size or int(dcfg["input_size"][-1])
+    arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    # Frozen-prefix feature cache: when augmentation is off and the frozen part is a prefix of the forward pass,
+    # the prefix is a fixed function of each image, so run it once per split instead of once per epoch.
+    split = hfmodels.frozen_prefix_split(model, regime) if (cfg.feature_cache and not cfg.augment) else None
+    net = Normalized(model, dcfg["mean"], dcfg["std"])
+    cache_s = 0.0
+    if split is not None:
+        prefix, trainable = split
+        t0 = time.perf_counter()
+        features = {
+            name: (prefix_features(Normalized(prefix, dcfg["mean"], dcfg["std"]), px, accelerator, cfg), y)
+            for name, (px, y) in arrays.items() if name in ("train", "val")
+        }
+        cache_s = time.perf_counter() - t0
+        train_set = TensorDataset(*features["train"])
+        val_set = TensorDataset(*features["val"])
+        step_module = trainable
+    else:
+        augment = hfdata.train_augmentation(image_size) if cfg.augment else None
+        train_set = hfdata.ImageTensorDataset(*arrays["train"], transform=augment)
+        val_set = hfdata.ImageTensorDataset(*arrays["val"])
+        step_module = net
+
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                              num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available())
+    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=cfg.num_workers)
+
+    # Only pretrained backbones get the smaller rate; a from-scratch network learns everything at lr.
+    backbone_scale = cfg.backbone_lr_scale if model.pretrained_source not in ("scratch", "random init") else 1.0
+    groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=backbone_scale, weight_decay=cfg.weight_decay)
+    optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    if cfg.max_train_batches:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+
+    step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader,
+                                                                          val_loader)
+    if cfg.compile:
+        step_module = torch.compile(step_module)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": [], "train_time_s": 0.0,
+             "time_to_best_s": 0.0, "cache_s": cache_s}
+    if cfg.resume and has_checkpoint(out):
+        accelerator.load_state(str(out / CHECKPOINT_DIR))
+        state = json.loads((out / CHECKPOINT_DIR / STATE_FILE).read_text())
+        accelerator.print(f"resuming {out} after epoch {state['epoch']}")
+
+    total_params, trainable_params = hfmodels.count_params(model)
+    accelerator.print(f"{cfg.model} [{cfg.unfreeze}] {model.pretrained_source}: {trainable_params:,} of "
+                      f"{total_params:,} parameters trainable; {accelerator.num_processes} process(es) on "
+                      f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
+                      + ("; frozen-prefix features cached" if split is not None else ""))
+    stale = state["epoch"] - state["best_epoch"]
+    first_epoch = state["epoch"] + 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if cfg.stop_after_epochs and epoch - first_epoch >= cfg.stop_after_epochs:
+            accelerator.print(f"stopping after {cfg.stop_after_epochs} epoch(s) as asked; --resume continues")
+            return {}
+        if cfg.early_stopping and stale >= cfg.early_stopping:
+            accelerator.print(f"early stopping: no val-accuracy gain for {stale} epochs")
+            break
+        # Per-epoch seeding makes augmentation/dropout randomness independent of where a run was resumed.
+        set_seed(cfg.seed + epoch * 1000 + accelerator.process_index)
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        hfmodels.set_train_mode(model)  # frozen BatchNorm stays in eval mode: its statistics never drift
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=not (cfg.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
+        seen = correct = 0
+        wait = 0.0
+        loss_sum = torch.zeros((), device=accelerator.device)
+        batches = iter(train_loader)
+        for step in range(steps_per_epoch):
+            t_wait = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - t_wait  # time the step sat idle waiting for data
+            if batch is None:
+                break
+            x, y = batch
+            if cfg.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with accelerator.autocast():
+                logits = step_module(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}: lower --lr or use --mixed-precision no;"
+                    f" the last good checkpoint is kept in {out}")
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += y.numel()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
+                            img_s=f"{seen * accelerator.num_processes / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        stats = accelerator.reduce(torch.tensor([loss_sum.item(), correct, seen], device=accelerator.device), "sum")
+        train_time = time.perf_counter() - t0
+        val_loss, val_acc = validate(step_module, val_loader, accelerator)
+        epoch_time = time.perf_counter() - t0
+        row = {
+            "epoch": epoch,
+            "train_loss": stats[0].item() / stats[2].item(),
+            "train_acc": stats[1].item() / stats[2].item(),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": epoch_time,
+            "images_per_s": stats[2].item() / train_time,
+            "data_wait_fraction": wait / train_time,
+        }
+        state["history"].append(row)
+        state["train_time_s"] += epoch_time
+        state["epoch"] = epoch
+        improved = val_acc > state["best_val_accuracy"]
+        if improved:
+            state.update(best_val_accuracy=val_acc, best_epoch=epoch, time_to_best_s=state["train_time_s"])
+            if accelerator.is_main_process:
+                # The full model (also when only its suffix was stepped), in timm's Hub layout.
+                hfmodels.save_model(model, out, class_names, extra_config=_checkpoint_meta(cfg, model, image_size))
+        stale = epoch - state["best_epoch"]
+        accelerator.print(
+            f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
+            f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f}s")
+        accelerator.save_state(str(out / CHECKPOINT_DIR))
+        if accelerator.is_main_process:
+            _write_json(out / CHECKPOINT_DIR / STATE_FILE, state)
+            write_history(out, state["history"])
+        accelerator.wait_for_everyone()
+
+    summary = None
+    if accelerator.is_main_process:
+        plots.plot_curves(state["history"], out / "curves.png", title=f"{cfg.model} [{cfg.unfreeze}]")
+    metrics = evaluate_run(out, "test", cfg=cfg, accelerator=accelerator, arrays=arrays)
+    if accelerator.is_main_process:
+        summary = {
+            "status": "complete",
+            "model": cfg.model,
+            "unfreeze": cfg.unfreeze,
+            "pretrained_source": model.pretrained_source,
+            "train_time_s": state["train_time_s"],
+            "time_to_best_s": state["time_to_best_s"],
+            "feature_cache_s": state.get("cache_s", 0.0),
+            "epochs_run": state["epoch"],
+            "images_per_s": _mean([r["images_per_s"] for r in state["history"]]),
+            "peak_memory_mb": peak_memory_mb(accelerator.device),
+            "params_total": total_params,
+            "params_trainable": trainable_params,
+            "best_epoch": state["best_epoch"],
+            "best_val_accuracy": state["best_val_accuracy"],
+            "test_accuracy": metrics["accuracy"],
+            "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
+            "latency_ms_per_image": metrics.get("latency_ms_per_image"),
+            "image_size": image_size,
+            "class_names": class_names,
+            "device": str(accelerator.device),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "seed": cfg.seed,
+            "splits_sha256": hfdata.manifest_hash(manifest),
+            "splits": str(manifest),
+            "args": dataclasses.asdict(cfg),
+            "versions": library_versions(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _write_json(out / "run.json", summary)
+    accelerator.wait_for_everyone()
+    return summary or {}
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step schedule: optional linear warm-up, then cosine to zero or a x0.1 step every third of training."""
+    from torch.optim import lr_scheduler as S
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.sched == "cosine":
+        main = S.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    elif cfg.sched == "step":
+        main = S.StepLR(optimizer, step_size=max(1, (total - warmup) // 3), gamma=0.1)
+    else:
+        main = S.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if not warmup:
+        return main
+    return S.SequentialLR(optimizer, [S.LinearLR(optimizer, 0.01, 1.0, total_iters=warmup), main], [warmup])
+
+
+@torch.no_grad()
+def prefix_features(prefix: torch.nn.Module, pixels: torch.Tensor, accelerator, cfg: TrainConfig) -> torch.Tensor:
+    """Frozen prefix output for every image of a split, computed once (eval mode: BN uses running stats)."""
+    prefix = prefix.to(accelerator.device).eval()
+    outs = []
+    for i in range(0, len(pixels), 128):
+        x = pixels[i:i + 128].to(accelerator.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            outs.append(prefix(x).float().cpu())
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def validate(module, loader, accelerator) -> tuple[float, float]:
+    """Loss and accuracy over the whole split; gather_for_metrics drops the padding of uneven shards."""
+    module.eval()
+    losses, hits = [], []
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = module(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        loss, pred, y = accelerator.gather_for_metrics((loss, logits.argmax(1), y))
+        losses.append(loss)
+        hits.append(pred == y)
+    return torch.cat(losses).mean().item(), torch.cat(hits).float().mean().item()
+
+
+def _checkpoint_meta(cfg: TrainConfig, model, image_size: int) -> dict:
+    return {"hf_animals": {"model": cfg.model, "unfreeze": cfg.unfreeze, "image_size": image_size,
+                           "pretrained_source": model.pretrained_source}}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation of a saved run
+# ----------------------------------------------------------------------------------------------------------------
+def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, batch_size: int = 128):
+    """(predictions, probabilities) for uint8 images, batched and sharded over processes."""
+    loader = accelerator.prepare(DataLoader(TensorDataset(pixels, torch.zeros(len(pixels), dtype=torch.long)),
+                                            batch_size=batch_size))
+    model = model.to(accelerator.device).eval()
+    probs = []
+    with torch.no_grad():
+        for x, _ in loader:
+            with accelerator.autocast():
+                logits = model(x)
+            probs.append(accelerator.gather_for_metrics(logits.float().softmax(1)))
+    p = torch.cat(probs).cpu()
+    return p.argmax(1), p
+
+
+def latency_ms_per_image(model: torch.nn.Module, pixels: torch.Tensor, device, n: int = 8) -> float:
+    """Single-image inference latency (batch 1, after one warm-up), as a deployment would see it."""
+    model = model.to(device).eval()
+    sample = pixels[:n].to(device)
+    with torch.no_grad():
+        model(sample[:1])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for i in range(len(sample)):
+            model(sample[i:i + 1])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / max(1, len(sample)) * 1000
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig | None = None, accelerator=None,
+                 arrays=None, data_dir: str | None = None) -> dict:
+    """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise UserError(f"{run_dir} has no config.json: not a finished run folder")
+    if split not in ("train", "val", "test"):
+        raise UserError(f"unknown split {split!r}; choose from train, val, test")
+    if cfg is None:
+        run_json = run_dir / "run.json"
+        args = json.loads(run_json.read_text())["args"] if run_json.exists() else None
+        if args is None:
+            raise UserError(f"{run_dir} has no run.json: cannot tell which data and split it used")
+        cfg = TrainConfig(**{**args, "resume": False, "overwrite": False})
+        if data_dir:
+            cfg.data_dir = data_dir
+    accelerator = accelerator or make_accelerator(cfg)
+    model, class_names = hfmodels.load_model(run_dir)
+    dcfg = hfmodels.data_config(model)
+    meta = json.loads((run_dir / "config.json").read_text()).get("hf_animals", {})
+    image_size = int(meta.get("image_size") or cfg.image_size or dcfg["input_size"][-1])
+    if arrays is None:
+        manifest = Path(cfg.splits) if cfg.splits else run_dir / "splits.csv"
+        arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir)
+    pixels, labels = arrays[split]
+    net = Normalized(model, dcfg["mean"], dcfg["std"])
+    preds, _ = predict_arrays(net, pixels, accelerator)
+    metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
+    metrics["split"] = split
+    metrics["latency_ms_per_image"] = latency_ms_per_image(net, pixels, accelerator.device)
+    if accelerator.is_main_process:
+        suffix = "" if split == "test" else f"_{split}"
+        _write_json(run_dir / f"metrics{suffix}.json", metrics)
+        plots.plot_confusion_matrix(metrics["confusion_matrix"], class_names, run_dir / f"confusion_matrix{suffix}.png",
+                                    title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
+        wrong = (preds != labels).nonzero().flatten()[:32].tolist()
+        if wrong:
+            plots.plot_image_grid([pixels[i].permute(1, 2, 0).numpy() for i in wrong],
+                                  [f"{class_names[labels[i]]}→{class_names[preds[i]]}" for i in wrong],
+                                  run_dir / f"misclassified{suffix}.png", title="misclassified (true→predicted)")
+    return metrics

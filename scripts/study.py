@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Run the whole study: scratch-CNN lr x batch sweep, its final run, ResNet-18 / MobileNetV2 / EfficientNet-Lite0
+regimes, then comparison.csv/.md and figures. Re-running the same command continues an interrupted study.
+
+`accelerate launch scripts/study.py ...` runs every training run on the processes/devices/precision that Accelerate
+is configured for.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from hf_animals import cli, study  # noqa: E402
+from hf_animals.errors import UserError  # noqa: E402
+
+
+def lr_override(text: str) -> tuple[str, float]:
+    try:
+        key, value = text.split("=")
+        return key, cli.positive_float(value)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected MODEL:REGIME=LR (e.g. resnet18:all=0.002), got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = study.StudyConfig(data_dir="", output_dir="")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--output-dir", required=True, help="study folder")
+    p.add_argument("--splits", help="manifest from prepare_data.py (default: split once here)")
+    p.add_argument("--train", dest="train_per_class", type=cli.positive_int, default=d.train_per_class)
+    p.add_argument("--val", dest="val_per_class", type=cli.positive_int, default=d.val_per_class)
+    p.add_argument("--test", dest="test_per_class", type=cli.positive_int, default=d.test_per_class)
+    p.add_argument("--quick", action="store_true", help="few epochs, 64 px images, 2x2 sweep: a demo in minutes")
+    p.add_argument("--epochs", type=cli.positive_int, help=f"final runs (default {d.epochs}; quick 4)")
+    p.add_argument("--sweep-epochs", type=cli.positive_int, help=f"default {d.sweep_epochs}; quick 2")
+    p.add_argument("--sweep-lrs", type=cli.positive_float, nargs="+", help=f"default {d.sweep_lrs}")
+    p.add_argument("--sweep-batch-sizes", type=cli.positive_int, nargs="+", help=f"default {d.sweep_batch_sizes}")
+    p.add_argument("--lr", dest="base_lr", type=cli.positive_float, default=d.base_lr,
+                   help="head lr of transfer regimes; scaled by each regime's factor (fc 1, layer3+ 0.5, all 0.25)")
+    p.add_argument("--lr-override", type=lr_override, action="append", default=[], metavar="MODEL:REGIME=LR")
+    p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size, help="transfer regimes")
+    p.add_argument("--image-size", type=cli.positive_int, help="default: each model's own (quick: 64)")
+    p.add_argument("--weights", choices=["auto", "hub", "none"], default=d.weights,
+                   help="auto: Hub ImageNet weights if available, else random init labelled offline; hub: required")
+    p.add_argument("--families", nargs="+", default=list(d.families), help="subset of the protocol's families")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer)
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cache-dir")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = vars(p.parse_args(argv))
+    quick = args.pop("quick")
+    overrides = dict(args.pop("lr_override"))
+    for key in ("sweep_lrs", "sweep_batch_sizes", "families"):
+        if args[key] is not None:
+            args[key] = tuple(args[key])
+    given = {k: v for k, v in args.items() if v is not None}
+    cfg = (study.StudyConfig.quick if quick else study.StudyConfig)(lr_overrides=overrides, **given)
+    if cfg.epochs < 1 or cfg.sweep_epochs < 1:
+        raise UserError("--epochs and --sweep-epochs must be >= 1")
+    out = study.run_study(cfg)
+    print((out / "comparison.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Train one model/regime on an image folder: `accelerate launch scripts/train.py --model resnet18 --unfreeze fc ...`.
+
+Runs the same under plain `python`, `accelerate launch` (GPUs, processes, precision from accelerate_config.yaml)
+and `torchrun`. Exit code 2 with one `error:` line for any input problem.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from hf_animals import cli, training  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = training.TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", required=True, help="image folder, one sub-folder per class")
+    g.add_argument("--splits", help="manifest from prepare_data.py (default: split here, saved in the run folder)")
+    g.add_argument("--train", dest="train_per_class", type=cli.positive_int, default=d.train_per_class,
+                   help="train images per class (when splitting here)")
+    g.add_argument("--val", dest="val_per_class", type=cli.positive_int, default=d.val_per_class)
+    g.add_argument("--test", dest="test_per_class", type=cli.positive_int, default=d.test_per_class)
+    g.add_argument("--proportional", action="store_true", help="split small classes proportionally")
+    g.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of failing")
+    g.add_argument("--image-size", type=cli.positive_int, default=None,
+                   help="square input size (default: the model's pretrained config)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
+    g.add_argument("--cache-dir", help="decoded-image cache (default $HF_ANIMALS_CACHE or ~/.cache/hf_animals)")
+    g.add_argument("--workers", dest="num_workers", type=cli.non_negative_int, default=d.num_workers)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model,
+                   help="animals_cnn5 | resnet18[.tag] | mobilenetv2_100[.tag] | tf_efficientnet_lite0 | "
+                        "local-dir:DIR | hf-hub:USER/NAME")
+    g.add_argument("--unfreeze", default=d.unfreeze, help="'all', 'head' or a comma list of top-level modules")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init (explicit)")
+    g.add_argument("--pretrained-file", help="local weights: .safetensors/.pth file or a folder saved by hf_animals")
+    g.add_argument("--drop", dest="drop_rate", type=cli.fraction, default=None, help="classifier dropout")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=cli.positive_int, default=d.epochs)
+    g.add_argument("--batch-size", "-b", type=cli.positive_int, default=d.batch_size)
+    g.add_argument("--lr", type=cli.positive_float, default=d.lr, help="learning rate of the head")
+    g.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale,
+                   help="unfrozen pretrained blocks learn at lr x this")
+    g.add_argument("--optimizer", "--opt", choices=sorted(training.OPTIMIZERS), default=d.optimizer)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--smoothing", dest="label_smoothing", type=cli.fraction, default=d.label_smoothing)
+    g.add_argument("--sched", choices=["cosine", "step", "none"], default=d.sched)
+    g.add_argument("--warmup-epochs", type=cli.non_negative_int, default=d.warmup_epochs)
+    g.add_argument("--early-stopping", type=cli.non_negative_int, default=d.early_stopping,
+                   help="stop after N epochs without val-accuracy gain (0: off)")
+    g = p.add_argument_group("run")
+    g.add_argument("--output-dir", required=True, help="run folder")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: from accelerate config / launcher")
+    g.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                   help="always run the frozen prefix (the cache is exact; this is for benchmarking)")
+    g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    g.add_argument("--compile", action="store_true", help="torch.compile the trained module")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --output-dir")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    g.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    summary = training.train(training.TrainConfig(**vars(args)))
+    if summary:
+        print(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}), "
+              f"test accuracy {summary['test_accuracy']:.4f}; run folder {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
