@@ -357,7 +357,7 @@ def section_preprocessing(data: StudyData) -> str:
         "- Pixels are scaled to [0, 1] and normalised with each model's own mean and std (its timm pretrained "
         "configuration), the statistics its weights were trained with"
         + (": " + "; ".join(norms) + "." if norms else "."),
-        "- Training augmentation (printed below from `hf_animals.data.train_augmentation`): a random resized crop "
+        "- Training augmentation (printed below from `hf_animals.data.batch_augmentation`, drawn per image, applied per batch on the training device): a random resized crop "
         "(80-100 % of the image), horizontal flip and mild colour jitter. Animals appear at different positions, "
         "scales, orientations and lighting, and these transforms keep the label.",
     ]
@@ -821,7 +821,7 @@ show("samples_per_class.png")
 def code_augmentation(image_size: int | None) -> str:
     return f'''\
 # The exact training augmentation (uint8 image tensors, before normalisation).
-print(data.train_augmentation({image_size or 224}))
+print(data.batch_augmentation({image_size or 224}))
 '''
 
 

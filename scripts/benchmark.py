@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers for both pipelines (default: 0 on CPU, min(8, cores) on GPU)")
     p.add_argument("--augment-batches", type=cli.non_negative_int, default=d.augment_batches,
                    help="length of the augmentation probe for regimes the study augments (0: skip)")
+    p.add_argument("--threads", type=cli.positive_int, default=None,
+                   help="torch CPU threads (default: torch's); on a shared CPU use the number of free cores")
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     return p
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir, work_dir=args.work_dir, per_class=args.per_class, val_per_class=args.val_per_class,
         source_size=args.source_size, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, regimes=tuple(args.regimes), mixed_precision=args.mixed_precision,
-        num_workers=args.workers, augment_batches=args.augment_batches, progress=not args.quiet)
+        num_workers=args.workers, threads=args.threads, augment_batches=args.augment_batches, progress=not args.quiet)
     result = benchmark.run_benchmark(cfg)
     print(benchmark.format_report(result))
     if args.json:

@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="square input size (default: the model's pretrained config)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
     g.add_argument("--cache-dir", help="decoded-image cache (default $HF_ANIMALS_CACHE or ~/.cache/hf_animals)")
-    g.add_argument("--workers", dest="num_workers", type=cli.non_negative_int, default=d.num_workers)
+    g.add_argument("--workers", dest="num_workers", type=cli.non_negative_int, default=None,
+                   help="DataLoader workers (default: 0 for the in-memory cache)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d.model,
                    help="animals_cnn5 | resnet18[.tag] | mobilenetv2_100[.tag] | tf_efficientnet_lite0 | "

@@ -499,3 +499,25 @@ def test_image_tensor_dataset_with_augmentation(sample_dir, manifest, cache_dir)
     assert batch.dtype == torch.uint8 and batch.shape == (8, 3, 24, 24) and target.dtype == torch.int64
     with pytest.raises(ValueError):
         data.ImageTensorDataset(pixels, labels[:-1])
+
+
+def test_batch_augmentation_draws_per_image_and_is_seeded():
+    image = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
+    batch = image.expand(6, 3, 40, 40).contiguous()
+    augment = data.batch_augmentation(32)
+    torch.manual_seed(0)
+    out = augment(batch)
+    assert out.dtype == torch.uint8 and out.shape == (6, 3, 32, 32)
+    # The same image six times gets six different augmentations (v2 on a batch would repeat one).
+    assert len({bytes(o.numpy()) for o in out}) == 6
+    torch.manual_seed(0)
+    assert torch.equal(augment(batch), out)
+    assert augment(image).shape == (3, 32, 32)
+    assert "RandomResizedCrop" in repr(augment)
+
+
+def test_batch_augmentation_without_randomness_is_a_resize():
+    flat = torch.full((2, 3, 40, 40), 100, dtype=torch.uint8)
+    still = data.BatchAugment(20, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0, brightness=0, contrast=0,
+                              saturation=0)
+    assert torch.equal(still(flat), torch.full((2, 3, 20, 20), 100, dtype=torch.uint8))
