@@ -22,8 +22,8 @@ $(VENV)/.installed: requirements.txt setup.cfg
 	touch $@
 
 demo: setup
-	$(PY) scripts/make_sample_data.py $(DEMO_DATA) --classes 10 --per-class 60 --size 96 --seed 0
-	$(PY) scripts/prepare_data.py --data-dir $(DEMO_DATA) --output-dir $(DEMO_STUDY) --train 40 --val 10 --test 10
+	$(PY) scripts/make_sample_data.py $(DEMO_DATA) --classes 10 --per-class 80 --size 96 --seed 0
+	$(PY) scripts/prepare_data.py --data-dir $(DEMO_DATA) --output-dir $(DEMO_STUDY) --train 50 --val 15 --test 15
 	$(PY) scripts/study.py --data-dir $(DEMO_DATA) --splits $(DEMO_STUDY)/splits.csv --output-dir $(DEMO_STUDY) --quick
 	$(PY) scripts/report.py --study $(DEMO_STUDY)
 

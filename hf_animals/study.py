@@ -80,7 +80,7 @@ class StudyConfig:
     @classmethod
     def quick(cls, **kwargs) -> "StudyConfig":
         """Minutes on a 2-core CPU: small images, few epochs, a 2 x 2 sweep."""
-        defaults = dict(epochs=4, sweep_epochs=2, sweep_lrs=(0.01, 0.03), sweep_batch_sizes=(16, 32), image_size=64)
+        defaults = dict(epochs=6, sweep_epochs=3, sweep_lrs=(0.01, 0.03), sweep_batch_sizes=(16, 32), image_size=64)
         return cls(**{**defaults, **kwargs})
 
 

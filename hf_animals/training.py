@@ -6,6 +6,7 @@ evaluation, plots). The same `train()` runs under `python`, `accelerate launch` 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -262,7 +263,22 @@ def make_accelerator(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Train, validate every epoch, keep the best checkpoint, evaluate it on the test split; return run.json."""
+    """Train, validate every epoch, keep the best checkpoint, evaluate it on the test split; return run.json.
+
+    A run that fails before writing anything leaves no empty folder behind (and never touches an earlier run).
+    """
+    fresh = not Path(cfg.output_dir).exists()
+    try:
+        return _train(cfg)
+    except BaseException:
+        out = Path(cfg.output_dir)
+        if fresh and out.is_dir() and not any(out.iterdir()):
+            with contextlib.suppress(OSError):  # another process may have removed it first
+                out.rmdir()
+        raise
+
+
+def _train(cfg: TrainConfig) -> dict:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 

@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", dest="val_per_class", type=cli.positive_int, default=d.val_per_class)
     p.add_argument("--test", dest="test_per_class", type=cli.positive_int, default=d.test_per_class)
     p.add_argument("--quick", action="store_true", help="few epochs, 64 px images, 2x2 sweep: a demo in minutes")
-    p.add_argument("--epochs", type=cli.positive_int, help=f"final runs (default {d.epochs}; quick 4)")
-    p.add_argument("--sweep-epochs", type=cli.positive_int, help=f"default {d.sweep_epochs}; quick 2")
+    p.add_argument("--epochs", type=cli.positive_int, help=f"final runs (default {d.epochs}; quick 6)")
+    p.add_argument("--sweep-epochs", type=cli.positive_int, help=f"default {d.sweep_epochs}; quick 3")
     p.add_argument("--sweep-lrs", type=cli.positive_float, nargs="+", help=f"default {d.sweep_lrs}")
     p.add_argument("--sweep-batch-sizes", type=cli.positive_int, nargs="+", help=f"default {d.sweep_batch_sizes}")
     p.add_argument("--lr", dest="base_lr", type=cli.positive_float, default=d.base_lr,
