@@ -125,16 +125,21 @@ def _is_ignored_name(name: str) -> bool:
     return name.startswith(".") or name in _IGNORED_NAMES
 
 
-def _walk_class(root: Path, class_dir: Path) -> tuple[list[str], list[str]]:
+def walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) below `folder`, recursively, unsorted; hidden files and OS clutter skipped."""
     images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not _is_ignored_name(d)]
         for name in filenames:
-            if _is_ignored_name(name):
-                continue
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            (images if Path(name).suffix.lower() in IMAGE_EXTENSIONS else others).append(rel)
-    return sorted(images), sorted(others)
+            if not _is_ignored_name(name):
+                path = Path(dirpath) / name
+                (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
+    return images, others
+
+
+def _walk_class(root: Path, class_dir: Path) -> tuple[list[str], list[str]]:
+    images, others = walk_files(class_dir)
+    return tuple(sorted(p.relative_to(root).as_posix() for p in group) for group in (images, others))
 
 
 def inspect_image_file(path) -> tuple[str | None, str | None]:

@@ -117,23 +117,12 @@ def natural_key(text: str) -> tuple:
     return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts)), text
 
 
-def _ignored_name(name: str) -> bool:
-    return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
-
-
 def list_images(images_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     """(image files, other files) under `images_dir`, recursively, in natural order of their relative paths."""
     root = Path(images_dir)
     if not root.is_dir():
         raise UserError(f"--images {root} is not a folder")
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not _ignored_name(d)]
-        for name in filenames:
-            if _ignored_name(name):
-                continue
-            path = Path(dirpath) / name
-            (images if path.suffix.lower() in hfdata.IMAGE_EXTENSIONS else others).append(path)
+    images, others = hfdata.walk_files(root)
     order = lambda p: natural_key(p.relative_to(root).as_posix())  # noqa: E731
     return sorted(images, key=order), sorted(others, key=order)
 

@@ -30,3 +30,16 @@ def sample_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("sample") / "animals"
     return write_sample_dataset(out, classes=10, per_class=16, size=48, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, sample_dir, cache_dir) -> Path:
+    """One finished 1-epoch scratch-CNN run at 32 px, shared (read-only) by the hub and predict tests."""
+    from hf_animals import training
+
+    out = tmp_path_factory.mktemp("tiny_run") / "tiny_cnn_run"
+    training.train(training.TrainConfig(
+        model="animals_cnn5", data_dir=str(sample_dir), output_dir=str(out), epochs=1, batch_size=16,
+        image_size=32, train_per_class=8, val_per_class=4, test_per_class=4, progress=False,
+        cache_dir=str(cache_dir)))
+    return out

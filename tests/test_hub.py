@@ -22,23 +22,9 @@ EXPECTED_FILES = {"README.md", "config.json", "model.safetensors", "metrics.json
                   "run.json", "splits.csv", "figures/curves.png", "figures/confusion_matrix.png"}
 
 
-def train_tiny_run(base: Path, sample_dir: Path, cache_dir: Path) -> Path:
-    """One 1-epoch scratch-CNN run at 32 px, trained once per session and shared by the hub and predict tests."""
-    from hf_animals import training
-
-    out = base / "tiny_cnn_run"
-    if not training.is_run_complete(out):
-        # channels_last=False: see the report to the lead (channels-last weights are not contiguous for safetensors)
-        training.train(training.TrainConfig(
-            model="animals_cnn5", data_dir=str(sample_dir), output_dir=str(out), epochs=1, batch_size=16,
-            image_size=32, train_per_class=8, val_per_class=4, test_per_class=4, progress=False, overwrite=True,
-            cache_dir=str(cache_dir), channels_last=False))
-    return out
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, sample_dir, cache_dir) -> Path:
-    return train_tiny_run(tmp_path_factory.getbasetemp(), sample_dir, cache_dir)
+def run_dir(tiny_run) -> Path:
+    return tiny_run
 
 
 def edited_run(run_dir: Path, dest: Path, **run_json) -> Path:
