@@ -310,32 +310,28 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    # Frozen-prefix feature cache: when augmentation is off and the frozen part is a prefix of the forward pass,
-    # the prefix is a fixed function of each image, so run it once per split instead of once per epoch.
-    cache_ok = cfg.feature_cache and not cfg.augment and cfg.pipeline == "cached"
-    split = hfmodels.frozen_prefix_split(model, regime) if cache_ok else None
+    # Frozen-prefix feature cache: when the frozen part is a prefix of the forward pass it is a fixed function of
+    # each image, so run it once per split instead of every epoch: always for validation (never augmented), and for
+    # training too when training is not augmented. The trainable rest shares the model's own parameters.
+    split = hfmodels.frozen_prefix_split(model, regime) if cfg.feature_cache and cfg.pipeline == "cached" else None
     net = Normalized(model, dcfg["mean"], dcfg["std"])
-    cache_s = 0.0
-    if split is not None:
-        prefix, trainable = split
-        t0 = time.perf_counter()
-        features = {
-            name: (prefix_features(Normalized(prefix, dcfg["mean"], dcfg["std"]), px, accelerator, cfg), y)
-            for name, (px, y) in arrays.items() if name in ("train", "val")
-        }
-        cache_s = time.perf_counter() - t0
-        train_set = TensorDataset(*features["train"])
-        val_set = TensorDataset(*features["val"])
-        step_module = trainable
-    elif cfg.pipeline == "naive":
+    train_module = val_module = net
+    cached_splits = ("train", "val") if not cfg.augment else ("val",)
+    t0 = time.perf_counter()
+    if cfg.pipeline == "naive":
         augment = hfdata.train_augmentation(image_size) if cfg.augment else None
         train_set = naive_split(cfg, rows, "train", class_names, image_size, augment)
         val_set = naive_split(cfg, rows, "val", class_names, image_size, None)
-        step_module = net
     else:
-        train_set = hfdata.ImageTensorDataset(*arrays["train"])
-        val_set = hfdata.ImageTensorDataset(*arrays["val"])
-        step_module = net
+        prefix = Normalized(split[0], dcfg["mean"], dcfg["std"]) if split else None
+        sets = {name: TensorDataset(prefix_features(prefix, arrays[name][0], accelerator, cfg), arrays[name][1])
+                if split and name in cached_splits else hfdata.ImageTensorDataset(*arrays[name])
+                for name in ("train", "val")}
+        train_set, val_set = sets["train"], sets["val"]
+        if split:
+            val_module = split[1]
+            train_module = split[1] if "train" in cached_splits else net
+    cache_s = time.perf_counter() - t0 if split else 0.0
     # Cached pixels are augmented per image but batched, on the device, after the loader (no loader-side work).
     batch_augment = hfdata.batch_augmentation(image_size) if cfg.augment and cfg.pipeline == "cached" else None
 
@@ -355,10 +351,10 @@ def _train(cfg: TrainConfig) -> dict:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
-    step_module, optimizer, train_loader, val_loader = accelerator.prepare(step_module, optimizer, train_loader,
-                                                                          val_loader)
-    if cfg.compile:
-        step_module = torch.compile(step_module)
+    prepared, optimizer, train_loader, val_loader = accelerator.prepare(train_module, optimizer, train_loader,
+                                                                       val_loader)
+    val_module = prepared if val_module is train_module else val_module.to(accelerator.device)
+    train_module = torch.compile(prepared) if cfg.compile else prepared
     accelerator.register_for_checkpointing(scheduler)
 
     state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": [], "train_time_s": 0.0,
@@ -372,7 +368,7 @@ def _train(cfg: TrainConfig) -> dict:
     accelerator.print(f"{cfg.model} [{cfg.unfreeze}] {model.pretrained_source}: {trainable_params:,} of "
                       f"{total_params:,} parameters trainable; {accelerator.num_processes} process(es) on "
                       f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
-                      + ("; frozen-prefix features cached" if split is not None else ""))
+                      + (f"; frozen-prefix features cached ({'+'.join(cached_splits)})" if split else ""))
     stale = state["epoch"] - state["best_epoch"]
     first_epoch = state["epoch"] + 1
     for epoch in range(first_epoch, cfg.epochs + 1):
@@ -405,7 +401,7 @@ def _train(cfg: TrainConfig) -> dict:
             if cfg.channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with accelerator.autocast():
-                logits = step_module(x)
+                logits = train_module(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise UserError(
@@ -424,7 +420,7 @@ def _train(cfg: TrainConfig) -> dict:
         bar.close()
         stats = accelerator.reduce(torch.tensor([loss_sum.item(), correct, seen], device=accelerator.device), "sum")
         train_time = time.perf_counter() - t0
-        val_loss, val_acc = validate(step_module, val_loader, accelerator)
+        val_loss, val_acc = validate(val_module, val_loader, accelerator)
         epoch_time = time.perf_counter() - t0
         row = {
             "epoch": epoch,
@@ -441,6 +437,7 @@ def _train(cfg: TrainConfig) -> dict:
         state["train_time_s"] += epoch_time
         state["epoch"] = epoch
         improved = val_acc > state["best_val_accuracy"]
+        t_save = time.perf_counter()
         if improved:
             state.update(best_val_accuracy=val_acc, best_epoch=epoch, time_to_best_s=state["train_time_s"])
             if accelerator.is_main_process:
@@ -452,6 +449,7 @@ def _train(cfg: TrainConfig) -> dict:
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
             f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f}s")
         accelerator.save_state(str(out / CHECKPOINT_DIR))
+        row["checkpoint_s"] = time.perf_counter() - t_save  # best model + resume state, outside epoch_time_s
         if accelerator.is_main_process:
             _write_json(out / CHECKPOINT_DIR / STATE_FILE, state)
             write_history(out, state["history"])

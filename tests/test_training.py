@@ -190,3 +190,17 @@ def test_unknown_model_and_layer_are_clear_errors(sample_dir, cache_dir, tmp_pat
     with pytest.raises(UserError, match="layer9"):
         training.train(lite0_head(sample_dir, tmp_path / "b", cache_dir, model="resnet18", unfreeze="layer9,fc",
                                   pretrained=False))
+
+
+def test_validation_on_cached_prefix_features_is_exact_when_training_augments(sample_dir, cache_dir, tmp_path):
+    """Augmented training runs the whole model; validation can still reuse the frozen prefix's features."""
+    kw = dict(unfreeze="blocks.6,conv_head,bn2,classifier", augment=True, epochs=2)
+    cached = training.train(lite0_head(sample_dir, tmp_path / "cached", cache_dir, **kw))
+    full = training.train(lite0_head(sample_dir, tmp_path / "full", cache_dir, feature_cache=False, **kw))
+    assert cached["feature_cache_s"] > 0 and full["feature_cache_s"] == 0
+    h1 = json.loads((tmp_path / "cached" / "history.json").read_text())
+    h2 = json.loads((tmp_path / "full" / "history.json").read_text())
+    for a, b in zip(h1, h2):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+        assert a["val_acc"] == pytest.approx(b["val_acc"], abs=1e-6)
