@@ -409,12 +409,16 @@ def section_approach(data: StudyData, f: dict) -> str:
         "Each pretrained network keeps its convolutional backbone and gets a new 10-class head. Three regimes trade "
         "adaptation for cost: **head only** (backbone frozen: a linear classifier on ImageNet features, cheap, "
         "hard to overfit), **partial** fine-tuning (the last stages adapt to animals) and **full** fine-tuning "
-        "(everything adapts, most expensive, most prone to overfitting a small dataset). The head learns at the "
-        "regime's learning rate and unfrozen pretrained layers at a tenth of it, so fine-tuning nudges the "
-        "pretrained features instead of overwriting them.",
+        "(everything adapts, most expensive, most prone to overfitting a small dataset). The new head learns at "
+        "the base learning rate; unfrozen pretrained layers learn at a fraction of it that shrinks as the "
+        "unfreezing reaches deeper (a fifth for the last stages, a tenth for the whole network), so fine-tuning "
+        "nudges the pretrained features instead of overwriting them. A network that starts from random weights has "
+        "nothing to protect and trains every layer at the base rate.",
         "",
-        md_table(["run", "weights", "regime", "lr (head)", "batch", "epochs", "augment", "trainable / total params"],
+        md_table(["run", "weights", "regime", "lr (head)", "lr (backbone)", "batch", "epochs", "augment",
+                  "trainable / total params"],
                  [[data.labels[r["run"]], r["weights"], regime_words(r["family"], r["regime"]), f"{r['lr']:g}",
+                   "-" if r["regime"] in ("fc", "classifier", "head") else f"{r['backbone_lr']:g}",
                    r["batch_size"], r["epochs"], "yes" if _spec(data, r["run"]).get("augment") else "no",
                    f"{count(r['params_trainable'])} / {count(r['params_total'])}"] for r in finals]),
     ]
@@ -528,8 +532,9 @@ def section_sweep(data: StudyData, f: dict) -> str:
         lines += ["", f"The chosen learning rate is the {f['sweep_edge']} one tried, so the optimum may lie outside "
                       "the grid; a wider sweep would tell."]
     lines += ["", "The transfer-learning runs do not repeat the sweep (it would multiply the cost by the grid size): "
-                  f"their head learning rate is the study's base rate {cfg.get('base_lr', 'n/a')} times a factor "
-                  "that shrinks as more of the pretrained network is unfrozen (see the table in 3.2), at batch size "
+                  f"their head learning rate is the study's base rate {cfg.get('base_lr', 'n/a')} and the unfrozen "
+                  "pretrained layers' rate a fraction of it that shrinks as more of the network is unfrozen (see the "
+                  "table in 3.2), at batch size "
                   f"{cfg.get('batch_size', 'n/a')}."]
     return "\n".join(lines)
 
@@ -840,7 +845,7 @@ print(f"{{total:,}} parameters, {{trainable:,}} trainable")
 def code_protocol() -> str:
     return '''\
 protocol = pd.DataFrame([r for r in meta["runs"] if r["stage"] == "final"])
-display(protocol[["label", "family", "unfreeze", "lr_factor", "lr", "batch_size", "augment", "weights"]])
+display(protocol[["label", "family", "unfreeze", "backbone_lr_scale", "lr", "batch_size", "augment", "weights"]])
 '''
 
 

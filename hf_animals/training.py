@@ -473,6 +473,7 @@ def _train(cfg: TrainConfig) -> dict:
             "peak_memory_mb": peak_memory_mb(accelerator.device),
             "params_total": total_params,
             "params_trainable": trainable_params,
+            "backbone_lr_scale": backbone_scale,  # effective: 1 for scratch / random-init networks
             "best_epoch": state["best_epoch"],
             "best_val_accuracy": state["best_val_accuracy"],
             "test_accuracy": metrics["accuracy"],

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-lrs", type=cli.positive_float, nargs="+", help=f"default {d.sweep_lrs}")
     p.add_argument("--sweep-batch-sizes", type=cli.positive_int, nargs="+", help=f"default {d.sweep_batch_sizes}")
     p.add_argument("--lr", dest="base_lr", type=cli.positive_float, default=d.base_lr,
-                   help="head lr of transfer regimes; scaled by each regime's factor (fc 1, layer3+ 0.5, all 0.25)")
+                   help="head lr of transfer regimes; unfrozen pretrained layers get x0.2 (last stages) or x0.1 (all)")
     p.add_argument("--lr-override", type=lr_override, action="append", default=[], metavar="MODEL:REGIME=LR")
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size, help="transfer regimes")
     p.add_argument("--image-size", type=cli.positive_int, help="default: each model's own (quick: 64)")

@@ -87,7 +87,9 @@ def write_fake_run(spec: study.RunSpec, cfg: study.StudyConfig, manifest: Path, 
         .get(spec.weights_label, "random init"),
         "train_time_s": train_time, "time_to_best_s": train_time * best_epoch / spec.epochs, "feature_cache_s": 0.0,
         "epochs_run": spec.epochs, "images_per_s": 120.0, "peak_memory_mb": 900.0, "params_total": total,
-        "params_trainable": trainable, "best_epoch": best_epoch, "best_val_accuracy": val_correct / N_EVAL,
+        "params_trainable": trainable,
+        "backbone_lr_scale": spec.regime.backbone_lr_scale if spec.weights_label.startswith("ImageNet") else 1.0,
+        "best_epoch": best_epoch, "best_val_accuracy": val_correct / N_EVAL,
         "test_accuracy": metrics["accuracy"], "checkpoint_bytes": total * 4, "latency_ms_per_image": 2.5,
         "image_size": cfg.image_size, "class_names": class_names, "device": "cpu", "num_processes": 1,
         "mixed_precision": "no", "seed": cfg.seed, "splits_sha256": hfdata.manifest_hash(manifest),
@@ -121,7 +123,7 @@ def build_tiny_study(out: Path, data_dir: Path) -> Path:
     for regime in study.PROTOCOL:
         scratch = regime.family == "scratch"
         spec = study.RunSpec(study.run_name(regime.model, regime.unfreeze), "final", regime,
-                             best_sweep["lr"] if scratch else cfg.base_lr * regime.lr_factor,
+                             best_sweep["lr"] if scratch else cfg.base_lr,
                              best_sweep["batch_size"] if scratch else cfg.batch_size, cfg.epochs,
                              regime.pretrained == "pypi", labels[regime.pretrained])
         write_fake_run(spec, cfg, manifest, class_names, *FINAL_RESULTS[spec.name])
