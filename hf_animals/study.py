@@ -21,6 +21,7 @@ from . import training
 from .errors import UserError
 
 OFFLINE_LABEL = "random init (offline)"
+HEAD_ONLY = ("fc", "classifier", "head")  # regimes that train no backbone layer
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,8 @@ def comparison_row(spec: RunSpec, run: dict, selected: bool) -> dict:
     return {
         "run": spec.name, "stage": spec.stage, "family": spec.regime.family, "model": spec.regime.model,
         "regime": spec.regime.unfreeze, "weights": spec.weights_label, "lr": spec.lr,
-        "backbone_lr": spec.lr * run["backbone_lr_scale"], "batch_size": spec.batch_size,
+        "backbone_lr": None if spec.regime.unfreeze in HEAD_ONLY else spec.lr * run["backbone_lr_scale"],
+        "batch_size": spec.batch_size,
         "epochs": run["epochs_run"], "best_val_accuracy": run["best_val_accuracy"], "best_epoch": run["best_epoch"],
         "test_accuracy": m["accuracy"], "precision_macro": m["precision_macro"], "recall_macro": m["recall_macro"],
         "f1_macro": m["f1_macro"], "train_time_s": run["train_time_s"], "time_to_best_s": run["time_to_best_s"],
@@ -326,6 +328,8 @@ def comparison_markdown(rows: list[dict]) -> str:
 
 
 def _cell(value) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, float):
