@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable
 
@@ -43,8 +44,20 @@ def _parse(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
+def show_library_messages() -> None:
+    """Print the library's own INFO messages (skipped files, duplicates found) plainly, without other libraries'."""
+    logger = logging.getLogger("hf_animals")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a script's `main`; a `UserError` becomes one `error: ...` line and exit code 2."""
+    show_library_messages()
     try:
         code = main(argv)
     except UserError as err:

@@ -8,7 +8,6 @@ non-images are ignored; corrupt files, empty or too-small classes are errors (ex
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -32,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (listed) instead of failing")
     p.add_argument("--overwrite", action="store_true", help="make a new split even if --output-dir has one")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = data.prepare_splits(args.data_dir, args.output_dir, train=args.train, val=args.val, test=args.test,
                                    seed=args.seed, proportional=args.proportional, skip_bad=args.skip_bad,
                                    reuse=not args.overwrite)
