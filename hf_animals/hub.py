@@ -14,8 +14,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # imported lazily at run time: huggingface_hub is only needed to write or push cards
+    from huggingface_hub import ModelCard, ModelCardData
 
 CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "model_card.md"
 PROJECT_LICENSE = "apache-2.0"

@@ -765,7 +765,7 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float = 0.1,
     """
     head_ids = {id(p) for p in model.get_classifier().parameters()}
     no_decay_names = set(getattr(model, 'no_weight_decay', lambda: set())())
-    scale = backbone_lr_scale if _backbone_is_pretrained(model) else 1.0
+    scale = effective_backbone_lr_scale(model, backbone_lr_scale)
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -786,9 +786,11 @@ def param_groups(model: nn.Module, lr: float, backbone_lr_scale: float = 0.1,
     return groups
 
 
-def _backbone_is_pretrained(model: nn.Module) -> bool:
+def effective_backbone_lr_scale(model: nn.Module, backbone_lr_scale: float) -> float:
+    """The scale param_groups really applies: 1 for a backbone that was never pretrained (nothing to protect)."""
     default = 'scratch' if isinstance(model, AnimalsCNN) else 'unknown'
-    return getattr(model, 'pretrained_source', default) not in ('scratch', 'random init')
+    pretrained = getattr(model, 'pretrained_source', default) not in ('scratch', 'random init')
+    return backbone_lr_scale if pretrained else 1.0
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -500,7 +500,7 @@ def section_choices(data: StudyData, f: dict) -> str:
         "class is already right.",
         f"- **Optimizer:** {opt_text}; {sched} learning-rate schedule"
         + (f" after {warm} warm-up epoch(s)" if warm else "") + f". {why_opt}",
-        f"- The best epoch by validation accuracy is kept (checkpoint), so a run that starts to overfit late does "
+        "- The best epoch by validation accuracy is kept (checkpoint), so a run that starts to overfit late does "
         "not lose its best model.",
     ])
 

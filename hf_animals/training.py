@@ -16,7 +16,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -342,9 +342,9 @@ def _train(cfg: TrainConfig) -> dict:
     val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=workers,
                             pin_memory=accelerator.device.type == "cuda")
 
-    # Only pretrained backbones get the smaller rate; a from-scratch network learns everything at lr.
-    backbone_scale = cfg.backbone_lr_scale if model.pretrained_source not in ("scratch", "random init") else 1.0
-    groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=backbone_scale, weight_decay=cfg.weight_decay)
+    groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
+                                   weight_decay=cfg.weight_decay)
+    backbone_scale = hfmodels.effective_backbone_lr_scale(model, cfg.backbone_lr_scale)
     optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
     if cfg.max_train_batches:
