@@ -6,7 +6,6 @@ evaluation, plots). The same `train()` runs under `python`, `accelerate launch` 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -265,16 +264,16 @@ def make_accelerator(cfg: TrainConfig):
 def train(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, keep the best checkpoint, evaluate it on the test split; return run.json.
 
-    A run that fails before writing anything leaves no empty folder behind (and never touches an earlier run).
+    A run that fails before finishing an epoch leaves no folder behind if it created it (only its own split was
+    there); an earlier run is never touched.
     """
     fresh = not Path(cfg.output_dir).exists()
     try:
         return _train(cfg)
     except BaseException:
         out = Path(cfg.output_dir)
-        if fresh and out.is_dir() and not any(out.iterdir()):
-            with contextlib.suppress(OSError):  # another process may have removed it first
-                out.rmdir()
+        if fresh and out.is_dir() and not has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)  # ignore: another process may be removing it too
         raise
 
 
@@ -302,6 +301,7 @@ def _train(cfg: TrainConfig) -> dict:
                                   pretrained_file=cfg.pretrained_file,
                                   **({"drop_rate": cfg.drop_rate} if cfg.drop_rate is not None else {}))
     regime = hfmodels.apply_regime(model, cfg.unfreeze)
+    check_head_trains(model, cfg.unfreeze)
     dcfg = hfmodels.data_config(model)
     image_size = cfg.image_size or int(dcfg["input_size"][-1])
     with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
@@ -406,7 +406,7 @@ def _train(cfg: TrainConfig) -> dict:
             if not torch.isfinite(loss):
                 raise UserError(
                     f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}: lower --lr or use --mixed-precision no;"
-                    f" the last good checkpoint is kept in {out}")
+                    f" the last finished epoch's checkpoint (if any) is kept in {out}")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
@@ -494,6 +494,14 @@ def _train(cfg: TrainConfig) -> dict:
         _write_json(out / "run.json", summary)
     accelerator.wait_for_everyone()
     return summary or {}
+
+
+def check_head_trains(model: torch.nn.Module, unfreeze: str) -> None:
+    """A new classifier starts random: freezing it would train a backbone under a fixed random head."""
+    saved = model.pretrained_source.startswith(("local-dir:", "hf-hub:"))  # a trained head of this project's
+    if not saved and not any(p.requires_grad for p in model.get_classifier().parameters()):
+        raise UserError(f"--unfreeze {unfreeze} leaves the new, randomly initialised classifier frozen; "
+                        f"add it: --unfreeze {unfreeze},head")
 
 
 def default_workers(cfg: TrainConfig) -> int:

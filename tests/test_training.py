@@ -196,4 +196,6 @@ def test_unknown_model_and_layer_are_clear_errors(sample_dir, cache_dir, tmp_pat
     with pytest.raises(UserError, match="layer9"):
         training.train(lite0_head(sample_dir, tmp_path / "b", cache_dir, model="resnet18", unfreeze="layer9,fc",
                                   pretrained=False))
-
+    with pytest.raises(UserError, match="classifier frozen; add it: --unfreeze blocks.6,head"):
+        training.train(lite0_head(sample_dir, tmp_path / "c", cache_dir, unfreeze="blocks.6"))
+    assert not (tmp_path / "c").exists()  # a run that fails before writing anything leaves no folder
