@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import catalogue
 from . import data as hfdata
 from . import metrics as hfmetrics
 from . import models as hfmodels
@@ -64,6 +65,7 @@ class TrainConfig:
     mixed_precision: str | None = None  # None: from accelerate config / `accelerate launch`
     seed: int = 42
     pretrained: bool = True
+    offline_fallback: bool = False  # SHIM (i10train owns this): random init because pretrained weights were unreachable
     pretrained_file: str | None = None
     drop_rate: float | None = None
     feature_cache: bool = True  # train only the trainable suffix on cached frozen-prefix features when exact
@@ -464,7 +466,8 @@ def _train(cfg: TrainConfig) -> dict:
             "status": "complete",
             "model": cfg.model,
             "unfreeze": cfg.unfreeze,
-            "pretrained_source": model.pretrained_source,
+            "pretrained_source": catalogue.OFFLINE_SOURCE if cfg.offline_fallback else model.pretrained_source,
+            "head_only": catalogue.is_head_only(cfg.unfreeze, (catalogue.family_of(cfg.model) or catalogue.FAMILIES["scratch"]).head),  # SHIM
             "train_time_s": state["train_time_s"],
             "time_to_best_s": state["time_to_best_s"],
             "feature_cache_s": state.get("cache_s", 0.0),
