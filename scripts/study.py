@@ -14,7 +14,7 @@ from pathlib import Path
 # Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from hf_animals import cli, study  # noqa: E402
+from hf_animals import catalogue, cli, study  # noqa: E402
 from hf_animals.errors import UserError  # noqa: E402
 
 
@@ -40,13 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-epochs", type=cli.positive_int, help=f"default {d.sweep_epochs}; quick 3")
     p.add_argument("--sweep-lrs", type=cli.positive_float, nargs="+", help=f"default {d.sweep_lrs}")
     p.add_argument("--sweep-batch-sizes", type=cli.positive_int, nargs="+", help=f"default {d.sweep_batch_sizes}")
+    scales = "; ".join(f"{r.name} x{r.backbone_lr_scale:g}" for r in catalogue.PROTOCOL
+                       if catalogue.FAMILIES[r.family].pretrained and not r.head_only)
     p.add_argument("--lr", dest="base_lr", type=cli.positive_float, default=d.base_lr,
-                   help="head lr of transfer regimes; unfrozen pretrained layers get x0.2 (last stages) or x0.1 (all)")
+                   help=f"head lr of transfer regimes; unfrozen pretrained layers get lr x scale ({scales})")
     p.add_argument("--lr-override", type=lr_override, action="append", default=[], metavar="MODEL:REGIME=LR")
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size, help="transfer regimes")
     p.add_argument("--image-size", type=cli.positive_int, help="default: each model's own (quick: 64)")
     p.add_argument("--weights", choices=["auto", "hub", "none"], default=d.weights,
-                   help="auto: Hub ImageNet weights if available, else random init labelled offline; hub: required")
+                   help="auto: pretrained weights if they can be had, else random init labelled "
+                        f"'{catalogue.OFFLINE_SOURCE}'; hub: required; none: random init for every family")
     p.add_argument("--families", nargs="+", default=list(d.families), help="subset of the protocol's families")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer)
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])

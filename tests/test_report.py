@@ -117,7 +117,8 @@ def test_notebook_has_every_section(written):
         assert f"animals_cnn5__sweep_lr{lr:g}_bs{bs}" in section(text, report.SECTIONS[3])
     for name in ("butterfly", "cat", "squirrel"):
         assert f"| {name} | 8 | 4 | 4 | 16 |" in section(text, report.SECTIONS[1])
-    assert "generated stand-in" in text  # sample data is said to be synthetic
+    assert "generated stand-in for Animals-10" in text  # sample data is said to be synthetic
+    assert text.startswith("# Animals-10:") and "(Animals-10: butterfly, cat," in text  # its classes are Animals-10's
 
 
 def test_findings_match_comparison_csv(written, tiny_study):
@@ -204,3 +205,24 @@ def test_missing_or_incomplete_study_is_a_user_error(tiny_study, tmp_path, capsy
     shutil.rmtree(partial / "runs" / "resnet18__fc")
     with pytest.raises(UserError, match="resnet18__fc does not exist"):
         report.load_study(partial)
+
+
+def test_report_of_a_non_animal_folder_describes_that_folder(tmp_path):
+    """Bug 10: the classes, formats and sizes are the scanned folder's, and Animals-10 is not named."""
+    from hf_animals.sample_data import write_sample_dataset
+
+    data = write_sample_dataset(tmp_path / "clothes", classes=3, per_class=16, size=48, seed=2)
+    for old, new in {"dog": "shirt", "horse": "shoe", "elephant": "bag"}.items():
+        (data / old).rename(data / new)
+    results = {f"animals_cnn5__sweep_lr{lr:g}_bs{bs}": Result(c, c - 1) for (lr, bs), c in SWEEP_RESULTS.items()}
+    results["animals_cnn5__all"] = Result(*FINAL_RESULTS["animals_cnn5__all"])
+    out = build_tiny_study(tmp_path / "study", data, results, families=("scratch",))
+    text = markdown_text(report.build_notebook(report.load_study(out)))
+    assert "Animals-10" not in text and not re.search(r"\banimals?\b", text.lower())
+    assert text.startswith("# clothes:") and "into 3 classes: bag, shirt, shoe" in text
+    assert "| shirt | 8 | 4 | 4 | 16 |" in section(text, report.SECTIONS[1])
+    info = json.loads((out / "study.json").read_text())["dataset"]
+    assert info["classes"] == ["bag", "shirt", "shoe"] and not info["animals10"]
+    found = ", ".join(f"{name} ({n:,})" for name, n in info["formats"].items())
+    assert set(info["formats"]) == {"JPEG", "PNG"} and found in section(text, report.SECTIONS[1])
+    assert f"{info['widths'][0]}–{info['widths'][1]} × {info['heights'][0]}–{info['heights'][1]}" in text
