@@ -117,7 +117,7 @@ def test_notebook_has_every_section(written):
         assert f"animals_cnn5__sweep_lr{lr:g}_bs{bs}" in section(text, report.SECTIONS[3])
     for name in ("butterfly", "cat", "squirrel"):
         assert f"| {name} | 8 | 4 | 4 | 16 |" in section(text, report.SECTIONS[1])
-    assert "generated stand-in for Animals-10" in text  # sample data is said to be synthetic
+    assert "**generated stand-in** for Animals-10" in text  # sample data is said to be synthetic
     assert text.startswith("# Animals-10:") and "(Animals-10: butterfly, cat," in text  # its classes are Animals-10's
 
 
