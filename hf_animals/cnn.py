@@ -4,7 +4,6 @@ Registered so the one timm code path (create, save, `local-dir:` / `hf-hub:` loa
 serves the scratch network exactly as it serves ResNet or MobileNet; `tests/test_models.py` runs timm's own model
 checks on it.
 """
-from __future__ import annotations
 
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple, Union
@@ -59,7 +58,7 @@ class AnimalsCNN(nn.Module):
 
     # TorchScript compiles every property; `model_args` returns a plain dict, which it cannot type, and is never
     # needed inside a scripted forward pass.
-    __jit_ignored_attributes__ = ['model_args']
+    __jit_unused_properties__ = ['model_args']
 
     def __init__(
             self,

@@ -477,3 +477,145 @@ def test_frozen_prefix_split_trains_the_model_and_declines_non_prefixes(fresh):
     mobile = fresh('mobilenetv2_100')
     apply_regime(mobile, 'blocks.5,blocks.6,conv_head,classifier')  # frozen bn2 after a trainable conv_head
     assert frozen_prefix_split(mobile) is None
+
+
+# -- timm's own model tests (pytorch-image-models tests/test_models.py), run on animals_cnn5 ------------------------
+# Ported for the one model this project registers: forward (+ grad checkpointing), backward, default cfgs, features
+# (features_only hooks and forward_intermediates), TorchScript, fx forward/backward and fx + TorchScript. Sizes as
+# timm's: its defaults are capped (TARGET_*), so the CNN runs at its min_input_size of 32 px.
+
+TIMM_MODEL = 'animals_cnn5'
+
+
+def _timm_input_size(model=None, target=None):
+    """timm's _get_input_size: the default size, or min_input_size when the default exceeds `target`."""
+    cfg = model.pretrained_cfg if model is not None else timm.get_pretrained_cfg(TIMM_MODEL).to_dict()
+    input_size, min_input_size = cfg['input_size'], cfg.get('min_input_size')
+    if cfg.get('fixed_input_size'):
+        return input_size
+    if target and max(input_size) > target:
+        return min_input_size if min_input_size else tuple(min(x, target) for x in input_size)
+    return input_size
+
+
+def _fx_model(model, train=False):
+    """timm's _create_fx_model: a torchvision feature extractor returning the traced model's output node."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    eval_return_nodes, train_return_nodes = [eval_nodes[-1]], [train_nodes[-1]]
+    if train:
+        graph = NodePathTracer(**tracer_kwargs).trace(model)
+        graph_nodes = list(reversed(graph.nodes))
+        output_node_names = [n.name for n in graph_nodes[0]._input_nodes.keys()]
+        graph_node_names = [n.name for n in graph_nodes]
+        train_return_nodes = [train_nodes[-graph_node_names.index(name)] for name in output_node_names]
+    return create_feature_extractor(model, train_return_nodes=train_return_nodes,
+                                    eval_return_nodes=eval_return_nodes, tracer_kwargs=tracer_kwargs)
+
+
+def test_timm_model_forward():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    inputs = torch.randn((1, *_timm_input_size(model, target=384)))
+    outputs = model(inputs)
+    assert outputs.shape[0] == 1 and not torch.isnan(outputs).any()
+    model.set_grad_checkpointing()
+    assert torch.allclose(outputs, model(inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_timm_model_backward():
+    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=42).train()
+    outputs = model(torch.randn((2, *_timm_input_size(target=128))))
+    outputs.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert sum(p.grad.numel() for p in model.parameters()) == sum(p.numel() for p in model.parameters())
+    assert outputs.shape[-1] == 42 and not torch.isnan(outputs).any()
+
+
+def test_timm_model_default_cfgs():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
+    state_dict, cfg = model.state_dict(), model.default_cfg
+    pool_size, input_tensor = cfg['pool_size'], torch.randn((1, *cfg['input_size']))
+    outputs = model.forward_features(input_tensor)
+    outputs_pre = model.forward_head(outputs, pre_logits=True)
+    assert tuple(outputs.shape[2:]) == tuple(pool_size) and outputs.shape[1] == model.num_features
+    assert outputs_pre.shape[1] == model.head_hidden_size
+    model.reset_classifier(0)
+    assert model.num_classes == 0
+    outputs = model(input_tensor)
+    assert outputs.ndim == 2 and outputs.shape == outputs_pre.shape
+    model.reset_classifier(0, '')
+    assert tuple(model(input_tensor).shape[2:]) == tuple(pool_size)
+    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=0, global_pool='').eval()
+    assert tuple(model(input_tensor).shape[2:]) == tuple(pool_size)
+    assert cfg['classifier'] + '.weight' in state_dict and cfg['first_conv'] + '.weight' in state_dict
+
+
+@pytest.mark.parametrize('feature_cls', [None, 'getter'])
+def test_timm_model_forward_features(feature_cls):
+    """features_only by module hooks (timm's default for this model) and by forward_intermediates ('getter')."""
+    import math
+
+    extra = {'feature_cls': feature_cls} if feature_cls else {}
+    model = timm.create_model(TIMM_MODEL, pretrained=False, features_only=True, **extra).eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert len(channels) >= 3
+    input_size = _timm_input_size(model, target=96)
+    outputs = model(torch.randn((1, *input_size)))
+    assert len(outputs) == len(channels)
+    for c, r, o in zip(channels, reductions, outputs):
+        assert o.shape[1] == c and o.shape[0] == 1 and not torch.isnan(o).any()
+        assert o.shape[2] <= math.ceil(input_size[1] / r) + 1 and o.shape[3] <= math.ceil(input_size[2] / r) + 1
+
+
+def test_timm_model_forward_intermediates():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    feature_info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
+    x = torch.randn((1, *_timm_input_size(model, target=96)))
+    output, intermediates = model.forward_intermediates(x, output_fmt='NCHW')
+    assert [o.shape[1] for o in intermediates] == feature_info.channels()
+    assert torch.allclose(output, model.forward_features(x))
+    model.set_grad_checkpointing()
+    assert torch.allclose(model.forward_intermediates(x)[0], output, rtol=1e-4, atol=1e-5)
+
+
+def test_timm_model_forward_torchscript():
+    with timm.set_scriptable(True):
+        model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    x = torch.randn((1, *_timm_input_size(target=128)))
+    scripted = torch.jit.script(model)
+    outputs = scripted(x)
+    assert outputs.shape[0] == 1 and not torch.isnan(outputs).any()
+    assert torch.allclose(outputs, model(x), atol=1e-5)
+
+
+def test_timm_model_forward_fx():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    with torch.inference_mode():
+        inputs = torch.randn((1, *_timm_input_size(model, target=128)))
+        outputs = model(inputs)
+        fx_outputs = torch.cat(tuple(_fx_model(model)(inputs).values()))
+    assert torch.all(fx_outputs == outputs) and not torch.isnan(outputs).any()
+
+
+def test_timm_model_backward_fx():
+    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=42).train()
+    num_params = sum(p.numel() for p in model.parameters())
+    model = _fx_model(model, train=True)
+    outputs = torch.cat(tuple(model(torch.randn((2, *_timm_input_size(target=128)))).values()))
+    outputs.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert sum(p.grad.numel() for p in model.parameters()) == num_params and outputs.shape[-1] == 42
+
+
+def test_timm_model_forward_fx_torchscript():
+    with timm.set_scriptable(True):
+        model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    model = torch.jit.script(_fx_model(model))
+    with torch.inference_mode():
+        outputs = torch.cat(tuple(model(torch.randn((1, *_timm_input_size(target=128)))).values()))
+    assert outputs.shape[0] == 1 and not torch.isnan(outputs).any()
