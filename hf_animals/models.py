@@ -157,9 +157,12 @@ def _create_from_saved(source: str, location: str, *, num_classes: int | None, e
     spec = f'local-dir:{folder}' if folder is not None else where
     try:
         model = timm.create_model(spec, pretrained=True, num_classes=num_classes, **kwargs)
-    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:
-        weights_file = f' ({_weights_file(Path(folder))})' if folder is not None else ''
-        raise UserError(f'cannot load the saved model {where}{weights_file}: {type(err).__name__}: {err}') from err
+    except SafetensorError as err:  # a damaged or foreign weights file, named so the user knows what to replace
+        weights_file = _weights_file(Path(folder)).resolve() if folder is not None else 'its model.safetensors'
+        raise UserError(f'cannot load the saved model {where}: {weights_file} is damaged or not a safetensors '
+                        f'file ({err})') from err
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f'cannot load the saved model {where}: {type(err).__name__}: {err}') from err
     if expect_architecture and model.pretrained_cfg.get('architecture') != expect_architecture:
         raise UserError(f"{where} holds a {model.pretrained_cfg.get('architecture')} model, "
                         f'not {expect_architecture}')

@@ -619,3 +619,13 @@ def test_timm_model_forward_fx_torchscript():
     with torch.inference_mode():
         outputs = torch.cat(tuple(model(torch.randn((1, *_timm_input_size(target=128)))).values()))
     assert outputs.shape[0] == 1 and not torch.isnan(outputs).any()
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated'])
+def test_a_corrupt_weights_file_is_one_clear_error_naming_it(tmp_path, damage):
+    out = save_model(create_model('animals_cnn5', 10, widths=(8, 8, 8, 8, 8)), tmp_path / 'm', CLASSES, PRE40)
+    weights_file = out / 'model.safetensors'
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(b'\x00not safetensors at all' * 8 if damage == 'garbage' else data[: len(data) // 2])
+    with pytest.raises(UserError, match=f'cannot load the saved model .*{weights_file}'):
+        load_model(out)

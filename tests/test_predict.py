@@ -207,3 +207,15 @@ def test_plain_timm_pipeline_agrees_with_predict_on_non_square_photos(run_dir, p
     assert batch.shape[-2:] == (predictor.image_size, predictor.image_size) == (32, 32)
     assert timm_probs.argmax(1).tolist() == ours.argmax(1).tolist()
     assert torch.allclose(timm_probs, ours, atol=1e-3), (timm_probs - ours).abs().max()
+
+
+def test_a_corrupt_model_file_is_one_error_line(run_dir, test_split, tmp_path):
+    model = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\x00" * 64)
+    proc = subprocess.run([sys.executable, "scripts/predict.py", "--model", str(model), "--images",
+                           str(test_split[0]), "--output", str(tmp_path / "s.csv"), "--device", "cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "s.csv").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(weights.resolve()) in lines[0]
