@@ -78,6 +78,14 @@ class Predictor:
     def image_size(self) -> int:
         return self.preprocessing.image_size
 
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocessing.std
+
     @torch.no_grad()
     def predict_pixels(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
         """(N, classes) float32 probabilities on the CPU for uint8 (N, 3, S, S) images, in batches."""
