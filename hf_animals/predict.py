@@ -1,10 +1,11 @@
 """Predict a folder of unlabelled images with a saved model, and write a Kaggle-style submission CSV.
 
 The model comes from a run folder, a folder saved by this project, or `hf-hub:USER/NAME`, all through
-`models.load_model` (timm's `local-dir:` / `hf-hub:` loader). Classes and preprocessing come from the saved
-config.json, and images go through exactly the training/evaluation path: `data.rgb_resized` (decode, RGB, resize)
-then `data.normalize_batch` with the model's mean/std. Kaggle specifics (ID from the file name, numeric order,
-Animals-10's Italian labels, a sample submission's header and row order) are hand-written: no library has them.
+`models.load_model` (timm's `local-dir:` / `hf-hub:` loader). Classes come from the saved config.json and the
+preprocessing from the model's own timm `pretrained_cfg` (`preprocess.Preprocessing`), so images go through exactly
+the training/evaluation path, and through the same resize a plain timm user gets. Labels are by default the class
+folder names of the training data (Italian for Animals-10's folders). Kaggle specifics (ID from the file name,
+numeric order, a sample submission's header and row order) are hand-written: no library has them.
 """
 from __future__ import annotations
 
@@ -22,8 +23,12 @@ import torch
 from . import data as hfdata
 from . import models as hfmodels
 from .errors import UserError
+from .preprocess import Preprocessing
 
-LABEL_LANGUAGES = ("it", "en", "index")
+#: folder: the class folder names of the training data (the default); it: Animals-10's Italian names; en: the
+#: English class names; index: the class number.
+LABEL_LANGUAGES = ("folder", "it", "en", "index")
+DEFAULT_LABEL_LANGUAGE = "folder"
 ID_SOURCES = ("stem", "name", "relpath")
 DEFAULT_ID_COLUMN = "ID"
 DEFAULT_LABEL_COLUMN = "Label"
@@ -63,12 +68,23 @@ class Predictor:
 
     model: torch.nn.Module
     class_names: list[str]  # label index -> English class name (config.json label_names)
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocessing: Preprocessing  # read from the model's pretrained_cfg
     device: torch.device
     source: str
     batch_size: int = 64
+    label_folders: list[str] | None = None  # label index -> class folder name in the training data, when recorded
+
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocessing.std
 
     @torch.no_grad()
     def predict_pixels(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
@@ -76,13 +92,13 @@ class Predictor:
         out = []
         for i in range(0, len(pixels_uint8), self.batch_size):
             x = pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True)
-            logits = self.model(hfdata.normalize_batch(x, self.mean, self.std))
+            logits = self.model(self.preprocessing.normalize(x))
             out.append(logits.float().softmax(1).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def load_pixels(self, path: str | os.PathLike) -> torch.Tensor:
         """uint8 (3, S, S): the decode/resize of training (UserError naming an unreadable file)."""
-        return torch.from_numpy(hfdata.load_rgb_resized(path, self.image_size)).permute(2, 0, 1).contiguous()
+        return self.preprocessing.load(path)
 
     def predict_paths(self, paths: Sequence[str | os.PathLike]) -> torch.Tensor:
         """(N, classes) probabilities of image files (all must be readable)."""
@@ -95,17 +111,18 @@ def load_predictor(source: str | os.PathLike, *, device: str | torch.device | No
                    batch_size: int = 64) -> Predictor:
     """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR' or 'hf-hub:USER/NAME'.
 
-    Image size: config.json's hf_animals.image_size (what training used), else the pretrained_cfg input size.
+    Preprocessing: the model's pretrained_cfg only (where training wrote it, and where timm reads it); label folder
+    names: config.json's `label_folders` (absent in models saved before they were recorded).
     """
-    model, class_names = hfmodels.load_model(source)
-    config = saved_config(source)
-    dcfg = hfmodels.data_config(model)
-    size = (config.get("hf_animals") or {}).get("image_size") or dcfg["input_size"][-1]
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available")
-    return Predictor(model.to(device).eval(), list(class_names), int(size), tuple(dcfg["mean"]), tuple(dcfg["std"]),
-                     device, str(source), batch_size)
+    model, class_names = hfmodels.load_model(source)
+    preprocessing = Preprocessing.from_pretrained_cfg(model.pretrained_cfg)
+    folders = saved_config(source).get("label_folders")
+    label_folders = list(folders) if folders and len(folders) == len(class_names) else None
+    return Predictor(model.to(device).eval(), list(class_names), preprocessing, device, str(source), batch_size,
+                     label_folders)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,18 +155,18 @@ def image_id(path: Path, root: Path, id_from: str) -> str:
 class _ImageFiles(torch.utils.data.Dataset):
     """Decodes in DataLoader workers; an unreadable file yields its error message instead of pixels."""
 
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[Path], preprocessing: Preprocessing):
+        self.paths, self.preprocessing = paths, preprocessing
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            array = hfdata.load_rgb_resized(self.paths[i], self.size)
+            return self.preprocessing.load(self.paths[i]), ""
         except UserError as err:
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), str(err)
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous(), ""
+            size = self.preprocessing.image_size
+            return torch.zeros(3, size, size, dtype=torch.uint8), str(err)
 
 
 @dataclass
@@ -160,6 +177,7 @@ class FolderPrediction:
     class_names: list[str]
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     ignored: list[Path] = field(default_factory=list)  # files that are not images (by extension)
+    label_folders: list[str] | None = None  # the class folder names of the training data, when recorded
 
 
 def predict_folder(predictor: Predictor, images_dir: str | os.PathLike, *, num_workers: int = 0) -> FolderPrediction:
@@ -168,7 +186,7 @@ def predict_folder(predictor: Predictor, images_dir: str | os.PathLike, *, num_w
     images, others = list_images(root)
     if not images:
         raise UserError(f"no image files ({', '.join(sorted(hfdata.IMAGE_EXTENSIONS))}) under {root}")
-    loader = torch.utils.data.DataLoader(_ImageFiles(images, predictor.image_size), batch_size=predictor.batch_size,
+    loader = torch.utils.data.DataLoader(_ImageFiles(images, predictor.preprocessing), batch_size=predictor.batch_size,
                                          shuffle=False, num_workers=num_workers,
                                          pin_memory=predictor.device.type == "cuda")
     probs, kept, unreadable = [], [], []
@@ -181,14 +199,23 @@ def predict_folder(predictor: Predictor, images_dir: str | os.PathLike, *, num_w
         if ok.any():
             probs.append(predictor.predict_pixels(pixels[ok]))
     probabilities = torch.cat(probs) if probs else torch.zeros(0, len(predictor.class_names))
-    return FolderPrediction(root, kept, probabilities, predictor.class_names, unreadable, others)
+    return FolderPrediction(root, kept, probabilities, predictor.class_names, unreadable, others,
+                            predictor.label_folders)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The submission
 # ----------------------------------------------------------------------------------------------------------------
-def output_labels(class_names: Sequence[str], language: str) -> list[str]:
-    """Label written for each class index: Animals-10's Italian folder name, the English name, or the index."""
+def output_labels(class_names: Sequence[str], language: str,
+                  label_folders: Sequence[str] | None = None) -> list[str]:
+    """Label written for each class index.
+
+    folder: the class folder name of the training data, exactly (Animals-10's 'cane', an English 'dog', any other
+    class); a model saved without its folder names gives its class names. it: Animals-10's Italian name (only for
+    Animals-10's classes); en: the English class name; index: the class number.
+    """
+    if language == "folder":
+        return list(label_folders) if label_folders else list(class_names)
     if language == "index":
         return [str(i) for i in range(len(class_names))]
     if language == "en":
@@ -249,7 +276,7 @@ class Submission:
     label_counts: Counter
 
 
-def make_submission(prediction: FolderPrediction, *, label_language: str = "it", id_column: str | None = None,
+def make_submission(prediction: FolderPrediction, *, label_language: str = DEFAULT_LABEL_LANGUAGE, id_column: str | None = None,
                     label_column: str | None = None, id_from: str | None = None,
                     sample_submission: str | os.PathLike | None = None, probabilities: bool = False) -> Submission:
     """The submission table. Without a sample: header `ID,Label`, one row per image, ids in numeric order.
@@ -259,7 +286,7 @@ def make_submission(prediction: FolderPrediction, *, label_language: str = "it",
     """
     if id_from is not None and id_from not in ID_SOURCES:
         raise UserError(f"unknown --id-from {id_from!r}; choose from {', '.join(ID_SOURCES)}")
-    labels = output_labels(prediction.class_names, label_language)
+    labels = output_labels(prediction.class_names, label_language, prediction.label_folders)
     predicted = prediction.probabilities.argmax(1).tolist()
     prob_columns = [f"prob_{label}" for label in labels] if probabilities else []
 
@@ -334,7 +361,7 @@ class PredictResult:
 
 
 def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, *,
-                   label_language: str = "it", id_column: str | None = None, label_column: str | None = None,
+                   label_language: str = DEFAULT_LABEL_LANGUAGE, id_column: str | None = None, label_column: str | None = None,
                    id_from: str | None = None, sample_submission: str | os.PathLike | None = None,
                    probabilities: bool = False, batch_size: int = 64, device: str | None = None,
                    num_workers: int = 0) -> PredictResult:
@@ -343,7 +370,7 @@ def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: 
     if sample_submission is not None:
         read_sample_submission(sample_submission)
     predictor = load_predictor(model, device=device, batch_size=batch_size)
-    output_labels(predictor.class_names, label_language)
+    output_labels(predictor.class_names, label_language, predictor.label_folders)
     prediction = predict_folder(predictor, images, num_workers=num_workers)
     submission = make_submission(prediction, label_language=label_language, id_column=id_column,
                                  label_column=label_column, id_from=id_from, sample_submission=sample_submission,

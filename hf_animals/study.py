@@ -16,7 +16,8 @@ from pathlib import Path
 
 from . import catalogue, plots, runs, training
 from . import data as hfdata
-from . import models as hfmodels
+from . import preprocess
+from . import weights
 from .dataset_info import describe_split
 from .errors import UserError
 
@@ -79,7 +80,7 @@ def weights_for(regime: catalogue.Regime, cfg: StudyConfig) -> tuple[bool, bool]
     asks for them explicitly: then it is an error, never a silent substitute."""
     if not catalogue.FAMILIES[regime.family].pretrained or cfg.weights == "none":
         return False, False
-    if hfmodels.hub_weights_available(regime.model):
+    if weights.hub_weights_available(regime.model):
         return True, False
     if cfg.weights == "hub":
         raise UserError(f"ImageNet weights for {regime.model} cannot be had (offline or not cached) and "
@@ -306,6 +307,6 @@ def write_sample_grid(cfg: StudyConfig, manifest: Path, path: Path, per_class: i
     images, titles = [], []
     for name in hfdata.class_names(rows):
         picks = [r for r in rows if r["label"] == name and r["split"] == "train"][:per_class]
-        images += [hfdata.load_rgb_resized(Path(cfg.data_dir) / r["path"], 96) for r in picks]
+        images += [preprocess.load_rgb_resized(Path(cfg.data_dir) / r["path"], 96) for r in picks]
         titles += [name] * len(picks)
     return plots.plot_image_grid(images, titles, path, ncols=per_class, title="training images per class")

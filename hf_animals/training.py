@@ -28,6 +28,7 @@ from . import data as hfdata
 from . import metrics as hfmetrics
 from . import models as hfmodels
 from . import plots
+from . import preprocess
 from .errors import UserError
 
 RUN_FILES = ("config.json", "model.safetensors", "history.csv", "history.json", "metrics.json", "run.json")
@@ -222,7 +223,7 @@ class Normalized(torch.nn.Module):
         self.model, self.mean, self.std = model, tuple(mean), tuple(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(hfdata.normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x)
+        return self.model(preprocess.normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x)
 
 
 def naive_split(cfg: TrainConfig, rows: list[dict], split: str, class_names: list[str], image_size: int, augment):
@@ -238,7 +239,7 @@ def naive_split(cfg: TrainConfig, rows: list[dict], split: str, class_names: lis
     wanted = {str(Path(cfg.data_dir, r["path"])) for r in picked}
 
     def load(path: str) -> torch.Tensor:
-        pixels = torch.from_numpy(hfdata.load_rgb_resized(path, image_size)).permute(2, 0, 1).contiguous()
+        pixels = torch.from_numpy(preprocess.load_rgb_resized(path, image_size)).permute(2, 0, 1).contiguous()
         return augment(pixels) if augment is not None else pixels
 
     folder = ImageFolder(cfg.data_dir, loader=load, is_valid_file=lambda p: p in wanted,
@@ -306,6 +307,8 @@ def _train(cfg: TrainConfig) -> dict:
     check_head_trains(model, cfg.unfreeze)
     dcfg = hfmodels.data_config(model)
     image_size = cfg.image_size or int(dcfg["input_size"][-1])
+    preprocessing = preprocess.Preprocessing.from_model(model, image_size)
+    label_folders = _label_folders(rows, class_names)
     with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
         arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
                                             verify=False)  # _manifest_for verified (or just wrote) it
@@ -444,7 +447,8 @@ def _train(cfg: TrainConfig) -> dict:
             state.update(best_val_accuracy=val_acc, best_epoch=epoch, time_to_best_s=state["train_time_s"])
             if accelerator.is_main_process:
                 # The full model (also when only its suffix was stepped), in timm's Hub layout.
-                hfmodels.save_model(model, out, class_names, extra_config=_checkpoint_meta(cfg, model, image_size))
+                hfmodels.save_model(model, out, class_names, preprocessing, _checkpoint_meta(cfg, model),
+                                    label_folders=label_folders)
         stale = epoch - state["best_epoch"]
         accelerator.print(
             f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
@@ -561,9 +565,15 @@ def validate(module, loader, accelerator) -> tuple[float, float]:
     return torch.cat(losses).mean().item(), torch.cat(hits).float().mean().item()
 
 
-def _checkpoint_meta(cfg: TrainConfig, model, image_size: int) -> dict:
-    return {"hf_animals": {"model": cfg.model, "unfreeze": cfg.unfreeze, "image_size": image_size,
+def _checkpoint_meta(cfg: TrainConfig, model) -> dict:
+    return {"hf_animals": {"model": cfg.model, "unfreeze": cfg.unfreeze,
                            "pretrained_source": model.pretrained_source}}
+
+
+def _label_folders(rows: list[dict], class_names: list[str]) -> list[str]:
+    """The class folder names on disk ('cane' for 'dog' in Animals-10), in label order: predict's default labels."""
+    folders = {r["label"]: Path(r["path"]).parts[0] for r in rows}
+    return [folders[name] for name in class_names]
 
 
 def _mean(values: list[float]) -> float:
@@ -622,14 +632,13 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig |
             cfg.data_dir = data_dir
     accelerator = accelerator or make_accelerator(cfg)
     model, class_names = hfmodels.load_model(run_dir)
-    dcfg = hfmodels.data_config(model)
-    meta = json.loads((run_dir / "config.json").read_text()).get("hf_animals", {})
-    image_size = int(meta.get("image_size") or cfg.image_size or dcfg["input_size"][-1])
+    preprocessing = preprocess.Preprocessing.from_pretrained_cfg(model.pretrained_cfg)
+    image_size = preprocessing.image_size
     if arrays is None:
         manifest = Path(cfg.splits) if cfg.splits else run_dir / "splits.csv"
         arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir)
     pixels, labels = arrays[split]
-    net = Normalized(model, dcfg["mean"], dcfg["std"])
+    net = Normalized(model, preprocessing.mean, preprocessing.std)
     preds, _ = predict_arrays(net, pixels, accelerator)
     metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
     metrics["split"] = split

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Re-evaluate a saved run's best checkpoint on a split: metrics JSON, confusion matrix, misclassified grid."""
+"""Re-evaluate a saved run's best checkpoint on a split: metrics JSON, confusion matrix, misclassified grid.
+
+Usage: evaluate.py RUN [--split val]; several processes: torchrun --nproc_per_node N scripts/evaluate.py RUN.
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,11 +18,16 @@ from hf_animals import cli, training  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--run", required=True, help="run folder written by train.py")
+    # Positional, so `torchrun ... scripts/evaluate.py RUN` works: torchrun's own parser takes `--run` for its
+    # `--run-path` ("ambiguous option"). `--run RUN` stays for plain `python`.
+    p.add_argument("run", nargs="?", metavar="RUN", help="run folder written by train.py")
+    p.add_argument("--run", dest="run_option", metavar="RUN", help="the same, as an option (not under torchrun)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--data-dir", help="image folder, if it moved since training")
     args = p.parse_args(argv)
-    m = training.evaluate_run(args.run, args.split, data_dir=args.data_dir)
+    if (args.run is None) == (args.run_option is None):
+        p.error("give the run folder once: evaluate.py RUN (or --run RUN)")
+    m = training.evaluate_run(args.run or args.run_option, args.split, data_dir=args.data_dir)
     print(f"{args.split}: accuracy {m['accuracy']:.4f}  precision {m['precision_macro']:.4f}  "
           f"recall {m['recall_macro']:.4f}  f1 {m['f1_macro']:.4f}  ({m['num_samples']} images)")
     print(json.dumps({k: v["f1"] for k, v in m["per_class"].items()}, indent=None))

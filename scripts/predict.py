@@ -3,7 +3,8 @@
 
 --model: a run folder, a folder saved by this project, or hf-hub:USER/NAME; classes and preprocessing come from its
 config.json. Default output: header ID,Label, ids = file names without extension in numeric order (2 before 10),
-labels = Animals-10's Italian folder names (cane, cavallo, ...). --sample-submission copies a given header and order.
+labels = the class folder names of the training data (cane, cavallo, ... for Animals-10). --sample-submission
+copies a given header and order.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="run folder, saved-model folder, local-dir:DIR or hf-hub:USER/NAME")
     p.add_argument("--images", required=True, help="folder of images (searched recursively; other files ignored)")
     p.add_argument("--output", default="submission.csv", help="CSV to write (default %(default)s)")
-    p.add_argument("--label-language", choices=predict.LABEL_LANGUAGES, default="it",
-                   help="it: Animals-10 folder names (cane, ...); en: English; index: class number "
+    p.add_argument("--label-language", choices=predict.LABEL_LANGUAGES, default=predict.DEFAULT_LABEL_LANGUAGE,
+                   help="folder: the class folder names of the training data, exactly (cane, ... for Animals-10); "
+                        "it: Animals-10's Italian names; en: English class names; index: class number "
                         "(default %(default)s)")
     p.add_argument("--id-column", help=f"id column name (default {predict.DEFAULT_ID_COLUMN}, or the sample's first)")
     p.add_argument("--label-column",

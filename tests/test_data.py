@@ -1,4 +1,4 @@
-"""The data module: exact seeded splits, the manifest, bad input, RGB decoding, transforms, the decoded cache."""
+"""The data module: exact seeded splits, the manifest, bad input, transforms, the decoded cache."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_animals import data
+from hf_animals import data, preprocess
 from hf_animals.cli import run_main
 from hf_animals.errors import UserError
 from hf_animals.sample_data import write_sample_dataset
@@ -333,33 +333,6 @@ def test_prepare_data_script_errors_are_one_line_exit_2(small_dir, tmp_path, cap
 
 # ------------------------------------------------------------------------------------------------ pixels
 
-def _encoded(image: Image.Image, fmt: str, **kw) -> Image.Image:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kw)
-    buf.seek(0)
-    return Image.open(buf)
-
-
-def test_every_mode_becomes_rgb():
-    red = Image.new("RGB", (10, 6), (255, 0, 0))
-    clear = Image.new("RGBA", (10, 6), (0, 0, 0, 0))
-    grey16 = Image.fromarray(np.full((6, 10), 65535, dtype=np.uint16))
-    palette = red.quantize(4)
-    palette.info["transparency"] = 0
-    cases = {
-        "RGB": (red, (255, 0, 0)), "L": (red.convert("L"), None), "1": (red.convert("1"), None),
-        "CMYK": (_encoded(red.convert("CMYK"), "JPEG"), None), "P": (red.quantize(4), (255, 0, 0)),
-        "P+transparency": (palette, (255, 255, 255)), "RGBA clear": (clear, (255, 255, 255)),
-        "LA clear": (clear.convert("LA"), (255, 255, 255)), "I;16 white": (grey16, (255, 255, 255)),
-        "I": (Image.fromarray(np.full((6, 10), 1000, np.int32)), (4, 4, 4)),
-    }
-    for name, (image, colour) in cases.items():
-        out = data.rgb_resized(image, 8)
-        assert out.shape == (8, 8, 3) and out.dtype == np.uint8, name
-        if colour is not None:
-            assert np.abs(out.astype(int) - colour).max() <= 2, (name, out[0, 0])
-
-
 def test_sample_images_of_all_modes_load_as_rgb(sample_dir):
     rows = data.make_manifest(sample_dir, train=8, val=4, test=4)
     dd = data.load_image_dataset(sample_dir, rows)
@@ -368,36 +341,10 @@ def test_sample_images_of_all_modes_load_as_rgb(sample_dir):
     modes = set()
     for example in dd["val"]:
         modes.add(example["image"].mode)
-        assert data.rgb_image(example["image"]).mode == "RGB"
-        assert data.rgb_resized(example["image"], 16).shape == (16, 16, 3)
+        assert preprocess.rgb_image(example["image"]).mode == "RGB"
+        assert preprocess.rgb_resized(example["image"], 16).shape == (16, 16, 3)
         assert dd["val"].features["label"].int2str(example["label"]) == example["path"].split("/")[0]
     assert {"RGB", "RGBA", "L", "P"} <= modes
-
-
-def test_exif_rotation_is_applied():
-    image = Image.new("RGB", (20, 10), (0, 0, 255))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees
-    rotated = _encoded(image, "JPEG", exif=exif)
-    assert data.rgb_image(rotated).size == (10, 20)
-
-
-def test_load_rgb_resized_names_bad_files(tmp_path):
-    bad = tmp_path / "bad.jpg"
-    bad.write_text("nope")
-    with pytest.raises(UserError, match="cannot read image .*bad.jpg"):
-        data.load_rgb_resized(bad, 8)
-    with pytest.raises(UserError, match="image not found"):
-        data.load_rgb_resized(tmp_path / "none.jpg", 8)
-
-
-def test_normalize_batch():
-    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 2).expand(3, 1, 2).contiguous()
-    out = data.normalize_batch(x.unsqueeze(0), mean=[0.5, 0.5, 0.5], std=[0.5, 0.25, 1.0])
-    assert out.dtype == torch.float32 and out.shape == (1, 3, 1, 2)
-    assert torch.allclose(out[0, :, 0, :], torch.tensor([[-1.0, 1.0], [-2.0, 2.0], [-0.5, 0.5]]))
-    with pytest.raises(TypeError):
-        data.normalize_batch(x.float(), [0.5] * 3, [0.5] * 3)
 
 
 def test_train_augmentation_keeps_uint8_and_size():
@@ -411,7 +358,7 @@ def test_pil_transforms_match_the_cached_path():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 4), dtype=np.uint8), "RGBA")
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     classic = data.build_transforms(24, mean, std, train=False)(image)
-    cached = data.normalize_batch(torch.from_numpy(data.rgb_resized(image, 24)).permute(2, 0, 1), mean, std)
+    cached = preprocess.normalize_batch(torch.from_numpy(preprocess.rgb_resized(image, 24)).permute(2, 0, 1), mean, std)
     assert classic.shape == (3, 24, 24) and torch.allclose(classic, cached, atol=1e-5)
     torch.manual_seed(0)
     augmented = data.build_transforms(24, mean, std, train=True)(image)
@@ -437,7 +384,7 @@ def test_cache_arrays_match_rgb_resized(sample_dir, manifest, cache_dir):
         part = [r for r in rows if r["split"] == split]
         assert [names[i] for i in labels.tolist()] == [r["label"] for r in part]
         for i in (0, n // 2, n - 1):
-            expected = data.load_rgb_resized(sample_dir / part[i]["path"], 24)
+            expected = preprocess.load_rgb_resized(sample_dir / part[i]["path"], 24)
             assert np.array_equal(pixels[i].permute(1, 2, 0).numpy(), expected)
     assert list((cache_dir / "pixels").iterdir())  # default cache dir follows $HF_ANIMALS_CACHE
 
@@ -487,7 +434,7 @@ def test_manifest_without_sha1_keys_on_file_stats(small_dir, tmp_path, cache_dir
     target.write_bytes(_jpeg_bytes((30, 30), (0, 255, 0)))
     after = data.cached_split_arrays(small_dir, path, 16, cache_dir)["train"][0]
     assert not torch.equal(before[0], after[0])
-    assert np.array_equal(after[0].permute(1, 2, 0).numpy(), data.load_rgb_resized(target, 16))
+    assert np.array_equal(after[0].permute(1, 2, 0).numpy(), preprocess.load_rgb_resized(target, 16))
 
 
 def test_image_tensor_dataset_with_augmentation(sample_dir, manifest, cache_dir):

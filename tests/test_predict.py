@@ -66,10 +66,12 @@ def test_predict_on_test_split_reproduces_metrics_accuracy(run_dir, predictor, t
 def test_default_kaggle_format(predictor, test_split, tmp_path):
     folder, truth = test_split
     prediction = predict.predict_folder(predictor, folder)
-    submission = predict.make_submission(prediction)  # defaults: ID,Label, Italian labels, numeric id order
+    submission = predict.make_submission(prediction)  # defaults: ID,Label, the class folder names, numeric id order
     assert submission.header == ["ID", "Label"]
     assert [r[0] for r in submission.rows] == [str(i) for i in range(1, len(truth) + 1)]
-    assert {r[1] for r in submission.rows} <= set(ENGLISH_TO_ITALIAN.values())
+    assert {r[1] for r in submission.rows} <= set(predictor.class_names)  # the sample's folders are English
+    italian = predict.make_submission(prediction, label_language="it")
+    assert [ENGLISH_TO_ITALIAN[r[1]] for r in submission.rows] == [r[1] for r in italian.rows]
     with_probs = predict.make_submission(prediction, label_language="index", id_column="id", label_column="label",
                                          probabilities=True)
     assert with_probs.header == ["id", "label"] + [f"prob_{i}" for i in range(10)]
@@ -131,3 +133,89 @@ def test_italian_labels_need_animals10_classes(predictor):
     with pytest.raises(UserError, match="--label-language en"):
         predict.output_labels(["dog", "zebra"], "it")
     assert predict.output_labels(predictor.class_names, "it")[predictor.class_names.index("dog")] == "cane"
+
+
+# ------------------------------------------------------------------------------------------------ label language
+
+@pytest.fixture(scope="module")
+def italian_run(tmp_path_factory, cache_dir) -> Path:
+    """A 1-epoch scratch CNN trained on Animals-10's own (Italian) folder names."""
+    from hf_animals import training
+    from hf_animals.sample_data import write_sample_dataset
+
+    base = tmp_path_factory.mktemp("italian")
+    data_dir = write_sample_dataset(base / "animals10", classes=3, per_class=8, size=40, seed=1, italian=True)
+    out = base / "run"
+    training.train(training.TrainConfig(
+        model="animals_cnn5", data_dir=str(data_dir), output_dir=str(out), epochs=1, batch_size=8, image_size=32,
+        train_per_class=4, val_per_class=2, test_per_class=2, progress=False, cache_dir=str(cache_dir)))
+    return out
+
+
+def test_default_labels_are_the_training_folder_names(italian_run, run_dir, test_split, tmp_path):
+    """Italian folders give Italian labels, English folders English ones; --label-language still translates."""
+    folder, _ = test_split
+    italian = predict.load_predictor(italian_run, device="cpu")
+    assert italian.class_names == ["dog", "elephant", "horse"]  # English label names, sorted: the label index
+    assert italian.label_folders == ["cane", "elefante", "cavallo"]  # the folders on disk, in that order
+    it_rows = predict.predict_to_csv(italian_run, folder, tmp_path / "it.csv", device="cpu").submission.rows
+    en_rows = predict.predict_to_csv(italian_run, folder, tmp_path / "en.csv", label_language="en",
+                                     device="cpu").submission.rows
+    assert {r[1] for r in it_rows} <= {"cane", "elefante", "cavallo"}
+    assert [ENGLISH_TO_ITALIAN[e[1]] for e in en_rows] == [i[1] for i in it_rows]
+    english = predict.predict_to_csv(run_dir, folder, tmp_path / "default.csv", device="cpu").submission.rows
+    assert {r[1] for r in english} <= set(ENGLISH_TO_ITALIAN)
+
+
+def test_classes_outside_animals10_are_predicted_under_their_folder_names(tmp_path, test_split):
+    from hf_animals.models import create_model, save_model
+    from hf_animals.preprocess import Preprocessing
+
+    model = create_model("animals_cnn5", 2, widths=(8, 8, 8, 8, 8))
+    save_model(model, tmp_path / "clothes", ["shirt", "Shoes"], Preprocessing(32, (0.5,) * 3, (0.25,) * 3),
+               label_folders=["shirt", "Shoes"])
+    result = predict.predict_to_csv(tmp_path / "clothes", test_split[0], tmp_path / "c.csv", device="cpu")
+    assert {r[1] for r in result.submission.rows} <= {"shirt", "Shoes"} and result.submission.rows
+    with pytest.raises(UserError, match="no Animals-10"):
+        predict.predict_to_csv(tmp_path / "clothes", test_split[0], tmp_path / "c.csv", label_language="it")
+
+
+# ------------------------------------------------------------------------------------------------ plain timm
+
+def test_plain_timm_pipeline_agrees_with_predict_on_non_square_photos(run_dir, predictor, tmp_path):
+    """The saved model's own pretrained_cfg drives timm's transform: same top-1 and probabilities as predict.py."""
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (w, h) in enumerate([(80, 50), (50, 80), (80, 50), (120, 45), (47, 90), (80, 50)]):
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pixels[: h // 2, :, i % 3] = 255  # some structure, so the classes are not all equally likely
+        path = tmp_path / f"photo{i}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        paths.append(path)
+
+    model = timm.create_model(f"local-dir:{run_dir}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    with torch.no_grad():
+        batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+        timm_probs = model(batch).softmax(1)
+    ours = predictor.predict_paths(paths)
+    assert batch.shape[-2:] == (predictor.image_size, predictor.image_size) == (32, 32)
+    assert timm_probs.argmax(1).tolist() == ours.argmax(1).tolist()
+    assert torch.allclose(timm_probs, ours, atol=1e-3), (timm_probs - ours).abs().max()
+
+
+def test_a_corrupt_model_file_is_one_error_line(run_dir, test_split, tmp_path):
+    model = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"\x00" * 64)
+    proc = subprocess.run([sys.executable, "scripts/predict.py", "--model", str(model), "--images",
+                           str(test_split[0]), "--output", str(tmp_path / "s.csv"), "--device", "cpu"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "s.csv").exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(weights.resolve()) in lines[0]
