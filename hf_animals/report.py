@@ -357,7 +357,7 @@ def section_preprocessing(data: StudyData) -> str:
         "- Pixels are scaled to [0, 1] and normalised with each model's own mean and std (its timm pretrained "
         "configuration), the statistics its weights were trained with"
         + (": " + "; ".join(norms) + "." if norms else "."),
-        "- Training augmentation (printed below from `hf_animals.data.batch_augmentation`, drawn per image, applied per batch on the training device): a random resized crop "
+        "- Training augmentation (printed below from `hf_animals.augment.batch_augmentation`, drawn per image, applied per batch on the training device): a random resized crop "
         "(80-100 % of the image), horizontal flip and mild colour jitter. Animals appear at different positions, "
         "scales, orientations and lighting, and these transforms keep the label.",
     ]
@@ -789,7 +789,7 @@ try:
 except ImportError:  # not pip-installed: use the checkout that wrote this report
     sys.path.insert(0, {str(REPO_ROOT)!r})
     import hf_animals
-from hf_animals import data, models, plots, study
+from hf_animals import augment, data, models, plots, study
 
 STUDY = Path(__file__).parent if "__file__" in globals() else Path(".")  # .py twin: its folder; notebook: cwd
 FIGURES = STUDY / "figures"
@@ -826,7 +826,7 @@ show("samples_per_class.png")
 def code_augmentation(image_size: int | None) -> str:
     return f'''\
 # The exact training augmentation (uint8 image tensors, before normalisation).
-print(data.batch_augmentation({image_size or 224}))
+print(augment.batch_augmentation({image_size or 224}))
 '''
 
 

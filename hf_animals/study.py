@@ -17,7 +17,7 @@ from pathlib import Path
 from . import data as hfdata
 from . import models as hfmodels
 from . import plots
-from . import training
+from . import checkpoints, runs, training
 from .errors import UserError
 
 OFFLINE_LABEL = "random init (offline)"
@@ -160,10 +160,10 @@ def run_spec(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> dict:
     """Train one run unless it is already complete; an interrupted one resumes from its checkpoint."""
     tcfg = train_config(spec, cfg, manifest)
     out = Path(tcfg.output_dir)
-    if training.is_run_complete(out):
+    if runs.is_complete(out):
         print(f"[study] {spec.name}: done, skipped")
         return json.loads((out / "run.json").read_text())
-    if training.has_checkpoint(out):
+    if checkpoints.has_checkpoint(out):
         print(f"[study] {spec.name}: resuming")
         tcfg.resume = True
     elif out.exists():
