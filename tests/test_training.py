@@ -283,11 +283,12 @@ def test_the_studys_offline_fallback_is_recorded_as_such(sample_dir, cache_dir, 
     assert run["head_only"] is True and run["trainable_modules"] == ["fc"]
 
 
-def test_fine_tuning_a_saved_model_may_keep_its_trained_head_frozen(tiny_run, sample_dir, cache_dir, tmp_path):
+def test_fine_tuning_a_saved_model_may_keep_its_trained_head_frozen(whole_cnn_run, sample_dir, cache_dir, tmp_path):
     """A run folder of this project brings a trained head (catalogue kind 'saved'); a new head would be random."""
+    saved, _ = whole_cnn_run
     cfg = dict(unfreeze="stages", data_dir=str(sample_dir), epochs=1, cache_dir=str(cache_dir),
                **{**SMALL, "train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "image_size": 32})
-    run = training.train(training.TrainConfig(model=f"local-dir:{tiny_run}", output_dir=str(tmp_path / "ft"), **cfg))
+    run = training.train(training.TrainConfig(model=f"local-dir:{saved}", output_dir=str(tmp_path / "ft"), **cfg))
     assert catalogue.weight_source(run["pretrained_source"]).kind == "saved"
     assert run["head_only"] is False and run["trainable_modules"] == ["stages"] and run["frozen_modules"] == ["fc"]
     with pytest.raises(UserError, match="classifier frozen"):
