@@ -1,8 +1,8 @@
-"""From a folder of class sub-folders to checked, reproducible splits and ready-to-train tensors.
+"""From a folder of class sub-folders to checked, reproducible splits, and the decode of one image.
 
     folder ──scan + check──▶ exact stratified split ──▶ splits.csv (+ splits.json: options, skipped)
     splits.csv ──▶ datasets.DatasetDict (image, label, path)         classic PIL + torchvision path
-    splits.csv ──▶ decoded-image cache (Arrow, uint8 N×3×S×S) ──▶ ImageTensorDataset + v2 augmentation
+    splits.csv ──▶ image_cache (Arrow, uint8 N×3×S×S, decoded once with load_rgb_resized) ──▶ augment
                                                               ──▶ preprocess.normalize_batch (the only normalisation)
 
 Every user-fixable problem (missing folder, empty class, corrupt file, stale manifest, ...) is one `UserError`
@@ -15,7 +15,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import random
 from collections import defaultdict
@@ -25,12 +24,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
-from .preprocess import load_rgb_resized, rgb_image
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +44,8 @@ MANIFEST_COLUMNS = ("path", "label", "split", "sha1")
 # Bump when preprocess.rgb_resized's output changes, so no cache made by the old code is reused.
 PREPROCESS_VERSION = "rgb-on-white.exif.pil-bilinear.v1"
 _IGNORED_NAMES = {"__MACOSX", "Thumbs.db", "desktop.ini"}
-_WORKERS = min(8, os.cpu_count() or 1)
+#: Threads for file checks and decoding (PIL and hashlib release the GIL).
+IO_WORKERS = min(8, os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -177,7 +174,7 @@ def inspect_image_file(path) -> tuple[str | None, str | None]:
 
 def _inspect_all(root: Path, rel_paths: Sequence[str]) -> list[tuple[str | None, str | None]]:
     # PIL and hashlib release the GIL, so threads check a 4,500-image folder in seconds.
-    with ThreadPoolExecutor(_WORKERS) as pool:
+    with ThreadPoolExecutor(IO_WORKERS) as pool:
         return list(pool.map(lambda rel: inspect_image_file(root / rel), rel_paths))
 
 
@@ -261,9 +258,11 @@ def plan_splits(data_dir, *, train: int = 300, val: int = 75, test: int = 75, se
 
 
 def _check_counts(train: int, val: int, test: int) -> tuple[int, int, int]:
-    for name, value, low in (("train", train, 1), ("val", val, 0), ("test", test, 0)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise UserError(f"--{name} must be an integer >= {low}, got {value!r}")
+    # Every split is needed: training learns on train, picks its best epoch on val, reports on test.
+    for name, value in (("train", train), ("val", val), ("test", test)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise UserError(f"--{name} must be an integer >= 1 (every run trains, validates and tests on images "
+                            f"of its own), got {value!r}")
     return int(train), int(val), int(test)
 
 
@@ -350,7 +349,7 @@ def read_manifest(path, data_dir=None, verify: bool = True) -> list[dict]:
                 raise UserError(f"manifest {path}: {other[0]} ({other[1]}) and {row['path']} ({row['split']}) "
                                 "are byte-identical but in different splits")
     if verify:
-        verify_manifest_files(rows, _manifest_data_dir(path, data_dir), path)
+        verify_manifest_files(rows, manifest_data_dir(path, data_dir), path)
     return rows
 
 
@@ -368,7 +367,7 @@ def verify_manifest_files(rows: Sequence[dict], data_dir, manifest_path="manifes
             return "changed"
         return None
 
-    with ThreadPoolExecutor(_WORKERS) as pool:
+    with ThreadPoolExecutor(IO_WORKERS) as pool:
         problems = [(row["path"], p) for row, p in zip(rows, pool.map(problem, rows)) if p]
     if problems:
         shown = "\n".join(f"  {rel}: {p}" for rel, p in problems[:20])
@@ -387,7 +386,7 @@ def _sha1_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest_data_dir(manifest_path: Path, data_dir) -> Path:
+def manifest_data_dir(manifest_path: Path, data_dir) -> Path:
     if data_dir is not None:
         return Path(data_dir)
     info = read_manifest_info(manifest_path)
@@ -493,212 +492,3 @@ def load_image_dataset(data_dir, rows: Sequence[dict]):
                                         "label": [index[r["label"]] for r in part],
                                         "path": [r["path"] for r in part]}, features=features)
     return out
-
-
-# ---------------------------------------------------------------------------------------------- decoded cache
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("HF_ANIMALS_CACHE") or Path.home() / ".cache" / "hf_animals")
-
-
-def pixel_cache_key(manifest_path, image_size: int, rows: Sequence[dict] | None = None, data_dir=None) -> str:
-    """Cache folder name: manifest content + image size + preprocessing version.
-
-    The manifest's sha1 column pins the bytes of every image; a manifest without it also keys on the data folder
-    and each file's size and mtime, so an edited image is never served from a stale cache.
-    """
-    h = hashlib.sha256(Path(manifest_path).read_bytes())
-    h.update(f"|{int(image_size)}|{PREPROCESS_VERSION}".encode())
-    if rows is not None and not all(r["sha1"] for r in rows):
-        root = Path(data_dir).resolve()
-        h.update(str(root).encode())
-        for r in rows:
-            st = (root / r["path"]).stat()
-            h.update(f"|{st.st_size}:{st.st_mtime_ns}".encode())
-    return f"{int(image_size)}px-{h.hexdigest()[:16]}"
-
-
-def cached_split_arrays(data_dir, manifest_path, image_size: int, cache_dir=None, *,
-                        verify: bool = True) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{split: (uint8 pixels N×3×S×S, int64 labels N)}; each image decoded and resized once, then reused.
-
-    The first call decodes every image (rgb_resized) into a fixed-size uint8 Array3D column of an Arrow file
-    (datasets.map with an explicit cache_file_name) under cache_dir/pixels/<key>/<split>.arrow; later calls, in
-    any run or study, read that file back. The key (pixel_cache_key) changes with the manifest content or the
-    size. Labels are indices into class_names(manifest rows).
-    """
-    rows = read_manifest(manifest_path, data_dir, verify=verify)
-    root = _manifest_data_dir(Path(manifest_path), data_dir)
-    names = class_names(rows)
-    index = {name: i for i, name in enumerate(names)}
-    folder = Path(cache_dir or default_cache_dir()) / "pixels" / pixel_cache_key(manifest_path, image_size,
-                                                                                  rows, root)
-    folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split in SPLITS:
-        part = [r for r in rows if r["split"] == split]
-        labels = torch.tensor([index[r["label"]] for r in part], dtype=torch.int64)
-        if not part:
-            out[split] = (torch.empty((0, 3, image_size, image_size), dtype=torch.uint8), labels)
-            continue
-        file = folder / f"{split}.arrow"
-        pixels = _read_pixel_file(file, len(part), image_size) if file.exists() else None
-        if pixels is None:
-            _decode_to_arrow(root, part, image_size, file)
-            pixels = _read_pixel_file(file, len(part), image_size)
-        out[split] = (pixels, labels)
-    info = folder / "info.json"
-    if not info.exists():
-        info.write_text(json.dumps({"manifest": str(Path(manifest_path).resolve()), "image_size": image_size,
-                                    "preprocess": PREPROCESS_VERSION, "class_names": names,
-                                    "counts": {s: len(out[s][1]) for s in SPLITS}}, indent=1) + "\n")
-    return out
-
-
-def _decode_to_arrow(root: Path, rows: Sequence[dict], size: int, file: Path) -> None:
-    from datasets import Array3D, Dataset, Features, Value
-
-    features = Features({"path": Value("string"), "pixels": Array3D((3, size, size), "uint8")})
-    pool = ThreadPoolExecutor(_WORKERS)  # decoding releases the GIL; one Arrow file, unlike map(num_proc=...)
-
-    def decode(batch: dict) -> dict:
-        arrays = pool.map(lambda rel: load_rgb_resized(root / rel, size).transpose(2, 0, 1), batch["path"])
-        return {"pixels": np.stack(list(arrays))}
-
-    try:
-        Dataset.from_dict({"path": [r["path"] for r in rows]}).map(
-            decode, batched=True, batch_size=64, features=features, cache_file_name=str(file),
-            load_from_cache_file=False, writer_batch_size=256, new_fingerprint=file.parent.name + file.stem,
-            desc=f"decoding {file.stem} images at {size}px (once)")
-    finally:
-        pool.shutdown()
-
-
-def _read_pixel_file(file: Path, expected_rows: int, size: int) -> torch.Tensor | None:
-    """The pixels column as one writable uint8 tensor, or None if the file is unusable (then it is rebuilt)."""
-    import pyarrow as pa
-    from datasets import Dataset
-
-    try:
-        column = Dataset.from_file(str(file)).data.column("pixels")
-    except Exception as err:  # a partial or foreign file: rebuild rather than fail
-        log.warning("rebuilding unreadable image cache %s (%s)", file, err)
-        return None
-    if len(column) != expected_rows:
-        return None
-    # datasets' numpy formatter walks Array3D row by row and widens to int64; the Arrow storage is one flat
-    # uint8 buffer per chunk, which we view directly (zero copy from the memory map) and then copy once.
-    parts = []
-    for chunk in column.chunks:
-        flat = chunk.storage if isinstance(chunk, pa.ExtensionArray) else chunk
-        while pa.types.is_list(flat.type) or pa.types.is_large_list(flat.type) or pa.types.is_fixed_size_list(
-                flat.type):
-            flat = flat.flatten()
-        parts.append(flat.to_numpy(zero_copy_only=False))
-    array = np.concatenate(parts) if len(parts) != 1 else parts[0].copy()
-    return torch.from_numpy(array.reshape(expected_rows, 3, size, size))
-
-
-class ImageTensorDataset(torch.utils.data.Dataset):
-    """(uint8 CHW tensor, label) pairs from the decoded cache, optionally through a torchvision v2 transform."""
-
-    def __init__(self, pixels_uint8: torch.Tensor, labels: torch.Tensor, transform=None):
-        if len(pixels_uint8) != len(labels):
-            raise ValueError(f"{len(pixels_uint8)} images but {len(labels)} labels")
-        self.pixels = pixels_uint8
-        self.labels = torch.as_tensor(labels, dtype=torch.int64)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.pixels[i]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.labels[i]
-
-
-def train_augmentation(image_size: int):
-    """Light augmentation on uint8 CHW tensors (or PIL images), output stays uint8: small crop/scale, flip,
-    colour jitter. Val/test get none."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([
-        v2.RandomResizedCrop((image_size, image_size), scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
-    ])
-
-
-class BatchAugment(torch.nn.Module):
-    """The training augmentation of `train_augmentation`, drawn per image but applied to a whole uint8 batch at once.
-
-    Why hand-written: torchvision.transforms.v2 draws one set of random parameters per call, so on a batch every image
-    would get the same crop, and per-image v2 calls in the DataLoader cost 6-15 % of a step on a 2-core CPU (measured,
-    data-wait). Here each image gets its own crop box (one batched affine_grid + grid_sample resamples them all), flip
-    and colour factors, as a few tensor ops on the training device (the GPU when there is one). Randomness comes from
-    torch's global generator of that device, which the training loop seeds per epoch.
-    """
-
-    def __init__(self, size: int, scale=(0.8, 1.0), ratio=(3 / 4, 4 / 3), flip: float = 0.5,
-                 brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2):
-        super().__init__()
-        self.size, self.scale, self.ratio, self.flip = size, scale, ratio, flip
-        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
-
-    def extra_repr(self) -> str:
-        return (f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio=({self.ratio[0]:.3f}, "
-                f"{self.ratio[1]:.3f})), RandomHorizontalFlip(p={self.flip}), ColorJitter(brightness="
-                f"{self.brightness}, contrast={self.contrast}, saturation={self.saturation}), per image")
-
-    def _uniform(self, n: int, low: float, high: float, device) -> torch.Tensor:
-        return torch.empty(n, device=device).uniform_(low, high)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        single = x.ndim == 3
-        x = x[None] if single else x
-        n, _, h, w = x.shape
-        dev = x.device
-        area = self._uniform(n, *self.scale, dev) * h * w
-        ratio = self._uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), dev).exp()
-        cw, ch = (area * ratio).sqrt().clamp(max=w), (area / ratio).sqrt().clamp(max=h)
-        x0, y0 = torch.rand(n, device=dev) * (w - cw), torch.rand(n, device=dev) * (h - ch)
-        flip = torch.where(torch.rand(n, device=dev) < self.flip, -1.0, 1.0)
-        # Crop box (and mirror) as a separable sampling grid in normalised coordinates (affine_grid without rotation).
-        base = (torch.arange(self.size, device=dev) * 2 + 1) / self.size - 1
-        gx = (cw / w * flip)[:, None] * base + ((2 * x0 + cw) / w - 1)[:, None]
-        gy = (ch / h)[:, None] * base + ((2 * y0 + ch) / h - 1)[:, None]
-        grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-        # Brightness b, contrast c and saturation s are all linear in RGB: one 3x3 matrix + offset per image,
-        #   y = c*b*S x + (1-c)*m,  S = s*I + (1-s)*1*luma^T,  m = b * mean luma of the crop.
-        b, c, sat = (self._uniform(n, 1 - a, 1 + a, dev) for a in (self.brightness, self.contrast, self.saturation))
-        luma = torch.tensor(LUMA, device=dev)
-        eye = torch.eye(3, device=dev)
-        matrix = (c * b)[:, None, None] * (sat[:, None, None] * eye + (1 - sat)[:, None, None] * luma[None, None, :])
-        offset = (1 - c) * b * (out.mean((2, 3)) @ luma)
-        out = torch.bmm(matrix, out.flatten(2)).view_as(out) + offset.view(-1, 1, 1, 1)
-        out = out.clamp_(0, 255).round_().to(torch.uint8)
-        return out[0] if single else out
-
-
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision's rgb_to_grayscale
-
-
-def batch_augmentation(image_size: int) -> BatchAugment:
-    """Training augmentation for uint8 batches on the training device (same parameters as train_augmentation)."""
-    return BatchAugment(image_size)
-
-
-def build_transforms(image_size: int, mean: Sequence[float], std: Sequence[float], train: bool,
-                     augment: bool = True):
-    """The classic per-image torchvision pipeline for PIL input (naive baseline, docs): RGB → resize →
-    [augment] → float tensor → normalise. Same RGB conversion and resize as rgb_resized."""
-    from torchvision.transforms import v2
-
-    steps = [v2.Lambda(rgb_image, Image.Image), v2.Resize((image_size, image_size), antialias=True)]
-    if train and augment:
-        steps += list(train_augmentation(image_size).transforms)
-    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)

@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 
 from . import catalogue, findings, notebook, runs
+from . import augment as hfaugment
 from . import data as hfdata
 from .findings import StudyData
 
@@ -136,7 +137,7 @@ def preprocessing_context(data: StudyData) -> dict:
     pcfgs = {r["model"]: records[r["run"]].config.get("pretrained_cfg", {}) for r in finals}
     plan = {r["run"]: r for r in data.meta.get("runs", [])}
     size = next(iter(sizes))
-    augment = hfdata.batch_augmentation(size)
+    augment = hfaugment.batch_augmentation(size)
     return {
         "size_text": "; ".join(f"{s} x {s} px for {', '.join(sorted(m))}" for s, m in sizes.items()),
         "interpolations": ", ".join(sorted({c["interpolation"] for c in pcfgs.values() if c.get("interpolation")})),

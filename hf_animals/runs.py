@@ -9,6 +9,7 @@ This module reads and selects; it computes nothing new (training writes the file
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, TypeVar
@@ -38,6 +39,35 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path} cannot be read as JSON ({err})") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write a run-folder JSON file atomically: an interrupted write never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    raise TypeError(type(obj))
+
+
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    """history.json (the record) and history.csv (for spreadsheets), one row per epoch."""
+    write_json(Path(run_dir) / HISTORY_FILES[0], history)
+    if history:
+        cols = list(history[0])
+        lines = [",".join(cols)] + [",".join(_csv_cell(row[c]) for c in cols) for row in history]
+        (Path(run_dir) / HISTORY_FILES[1]).write_text("\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def is_complete(run_dir: str | Path) -> bool:

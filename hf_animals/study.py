@@ -14,10 +14,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import catalogue, plots, runs, training
+from . import catalogue, checkpoints, plots, preprocess, runs, training, weights
 from . import data as hfdata
-from . import preprocess
-from . import weights
 from .dataset_info import describe_split
 from .errors import UserError
 
@@ -121,7 +119,7 @@ def run_spec(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> runs.RunRecord:
     if runs.is_complete(out):
         print(f"[study] {spec.name}: done, skipped")
         return runs.load_run(out)
-    if training.has_checkpoint(out):
+    if checkpoints.has_checkpoint(out):
         print(f"[study] {spec.name}: resuming")
         tcfg.resume = True
     elif out.exists():

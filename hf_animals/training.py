@@ -1,15 +1,20 @@
 """The Accelerate training loop: one run folder per (model, regime, hyper-parameters).
 
-Modelled on Accelerate's plain-loop examples: `Accelerator` owns devices, processes and mixed precision; this module
-owns the protocol (seeded order, validation every epoch, best checkpoint by validation accuracy, resume, test
-evaluation, plots). The same `train()` runs under `python`, `accelerate launch` or `torchrun`.
+Shaped like timm's train.py and Accelerate's plain-loop examples:
+
+    train(cfg) ─▶ setup(cfg)         accelerator, model + applied regime, data, loaders, optimizer, scheduler
+               ─▶ resume_state(...)  the newest complete checkpoint (`checkpoints`), or a fresh TrainerState
+               ─▶ run_epochs(...)    train_one_epoch ─▶ validate ─▶ save_best_model (if better), checkpoints.save
+               ─▶ finalise(...)      test metrics of the best model (evaluation), curves, run.json (last)
+
+`Accelerator` owns devices, processes and mixed precision; this module owns the protocol (seeded order, validation
+every epoch, best model by validation accuracy, resume, test evaluation). The same `train()` runs under `python`,
+`accelerate launch` or `torchrun`.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import platform
 import resource
 import shutil
@@ -17,24 +22,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from . import catalogue
+from . import augment as hfaugment
+from . import catalogue, checkpoints, evaluation, image_cache, plots, preprocess, run_data, runs
 from . import data as hfdata
-from . import metrics as hfmetrics
 from . import models as hfmodels
-from . import plots
-from . import preprocess
 from .errors import UserError
-
-RUN_FILES = ("config.json", "model.safetensors", "history.csv", "history.json", "metrics.json", "run.json")
-CHECKPOINT_DIR = "checkpoint"  # last-epoch state for --resume (model, optimizer, scheduler, scaler, RNG)
-STATE_FILE = "trainer_state.json"
-
 
 @dataclass
 class TrainConfig:
@@ -66,23 +64,26 @@ class TrainConfig:
     mixed_precision: str | None = None  # None: from accelerate config / `accelerate launch`
     seed: int = 42
     pretrained: bool = True
-    offline_fallback: bool = False  # SHIM (i10train owns this): random init because pretrained weights were unreachable
     pretrained_file: str | None = None
+    # The study's `--weights auto` wanted pretrained weights but could not get them (offline): the run starts from
+    # random weights (pretrained=False) and records catalogue.OFFLINE_SOURCE, so no card calls it pretrained.
+    offline_fallback: bool = False
     drop_rate: float | None = None
     feature_cache: bool = True  # train only the trainable suffix on cached frozen-prefix features when exact
     channels_last: bool = True
     compile: bool = False
-    num_workers: int | None = None  # None: 0 for in-memory cached tensors, several for the naive decode path
+    num_workers: int = 0  # DataLoader processes: the cached images are in memory, so 0 is fastest
     cache_dir: str | None = None
     resume: bool = False
     overwrite: bool = False
-    max_train_batches: int = 0  # benchmark aid: stop each epoch after N batches (0 = all)
     stop_after_epochs: int = 0  # end this invocation after N epochs, resumable (preemptible machines, tests)
-    pipeline: str = "cached"  # "naive": decode every image every epoch (torchvision ImageFolder) - the baseline
     progress: bool = True
 
     def __post_init__(self) -> None:
         checks = {
+            "train_per_class": self.train_per_class >= 1,  # every run learns, picks its best epoch and tests
+            "val_per_class": self.val_per_class >= 1,
+            "test_per_class": self.test_per_class >= 1,
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
             "lr": math.isfinite(self.lr) and self.lr > 0,
@@ -93,7 +94,7 @@ class TrainConfig:
             "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
             "early_stopping": self.early_stopping >= 0,
             "image_size": self.image_size is None or self.image_size >= 32,
-            "num_workers": self.num_workers is None or self.num_workers >= 0,
+            "num_workers": self.num_workers >= 0,
         }
         bad = [f"--{k.replace('_', '-')}={getattr(self, k)}" for k, ok in checks.items() if not ok]
         if bad:
@@ -102,10 +103,11 @@ class TrainConfig:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.sched not in ("cosine", "step", "none"):
             raise UserError(f"unknown schedule {self.sched!r}; choose from cosine, step, none")
-        if self.pipeline not in ("cached", "naive"):
-            raise UserError(f"unknown pipeline {self.pipeline!r}; choose from cached, naive")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose from no, fp16, bf16")
+        if self.offline_fallback and self.pretrained:
+            raise UserError("offline_fallback records a run that could not get pretrained weights: "
+                            "it needs pretrained=False")
 
 
 OPTIMIZERS = {
@@ -113,25 +115,360 @@ OPTIMIZERS = {
     "adamw": lambda groups, cfg: torch.optim.AdamW(groups, lr=cfg.lr),
 }
 
+#: Another data pipeline for train and val (the benchmark's naive baseline): called with the run's config, manifest
+#: rows, class names and image size, it returns (train set, val set) of (uint8 CHW image, label) pairs in manifest
+#: order, already augmented if it wants augmentation. It replaces the decoded-image and feature caches.
+DataSource = Callable[["TrainConfig", list, list, int], tuple[Dataset, Dataset]]
+
+
+@dataclass
+class TrainingSetup:
+    """Everything one run needs from its first epoch to its test evaluation (built by `setup`)."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    out: Path
+    manifest: Path
+    class_names: list[str]
+    preprocessing: preprocess.Preprocessing  # size, resize, mean/std: saved into the model's pretrained_cfg
+    arrays: dict  # {split: (uint8 pixels, labels)}: the decoded-image cache, read again by the test evaluation
+    model: torch.nn.Module  # the full, unwrapped model: what the best checkpoint saves
+    regime: Any  # what models.apply_regime unfroze, as it returned it
+    train_module: torch.nn.Module  # prepared module that is stepped: the model, or its trainable suffix
+    val_module: torch.nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    steps_per_epoch: int
+    batch_augment: torch.nn.Module | None  # per-image augmentation of whole batches on the device
+    feature_cache_s: float  # one-time cost of the frozen-prefix features (0 when not cached)
+    cached_splits: tuple[str, ...]  # splits that train / validate on cached frozen-prefix features
+
 
 # ----------------------------------------------------------------------------------------------------------------
-# Run folder helpers
+# The run
 # ----------------------------------------------------------------------------------------------------------------
-def is_run_complete(run_dir: str | Path) -> bool:
-    """A run is complete once run.json says so (written last, after the test evaluation)."""
-    path = Path(run_dir) / "run.json"
-    if not path.exists():
-        return False
+def train(cfg: TrainConfig, data_source: DataSource | None = None) -> dict:
+    """Train, validate every epoch, keep the best model, evaluate it on the test split; return run.json.
+
+    A run that fails before finishing an epoch leaves no folder behind if it created it (only its own split was
+    there); an earlier run is never touched. `data_source` swaps in another train/val pipeline (the benchmark).
+    """
+    out = _claim_output_dir(cfg)
+    if cfg.resume and runs.is_complete(out):
+        return runs.read_json(out / runs.RUN_JSON)
+    fresh = not out.exists()
     try:
-        return json.loads(path.read_text()).get("status") == "complete"
-    except json.JSONDecodeError:
-        return False
+        s = setup(cfg, out, data_source)
+        state = resume_state(s)
+        _announce(s)
+        if not run_epochs(s, state):
+            return {}
+        return finalise(s, state)
+    except BaseException:
+        if fresh and out.is_dir() and not checkpoints.has_checkpoint(out):
+            shutil.rmtree(out, ignore_errors=True)  # ignore: another process may be removing it too
+        raise
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / CHECKPOINT_DIR / STATE_FILE).exists()
+def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) -> TrainingSetup:
+    """Accelerator, run folder, split, model, data, loaders, optimizer and scheduler, prepared by Accelerate."""
+    from accelerate.utils import set_seed
+
+    accelerator = evaluation.make_accelerator(cfg.mixed_precision)
+    if accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
+    if accelerator.is_main_process:
+        if cfg.overwrite and not cfg.resume and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    manifest = run_data.manifest_for(cfg, out, accelerator)
+    rows = hfdata.read_manifest(manifest, cfg.data_dir, verify=False)
+    run_data.require_every_split(rows, manifest)
+    class_names = hfdata.class_names(rows)
+
+    set_seed(cfg.seed)
+    model, regime = build_model(cfg, len(class_names))
+    dcfg = hfmodels.data_config(model)
+    preprocessing = preprocess.Preprocessing.from_model(model, cfg.image_size)
+    image_size = preprocessing.image_size
+    with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
+        arrays = image_cache.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
+                                                 verify=False)  # manifest_for verified (or just wrote) it
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    injected = data_source(cfg, rows, class_names, image_size) if data_source else None
+    split_data = run_data.split_data(cfg, model, regime, dcfg, arrays, accelerator, injected)
+    # Cached pixels are augmented per image but batched, on the device, after the loader (no loader-side work).
+    batch_augment = hfaugment.batch_augmentation(image_size) if cfg.augment and injected is None else None
+
+    pin = accelerator.device.type == "cuda"
+    train_loader = DataLoader(split_data.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                              num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
+    val_loader = DataLoader(split_data.val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
+                            num_workers=cfg.num_workers, pin_memory=pin)
+    groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
+                                   weight_decay=cfg.weight_decay)
+    optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+
+    prepared, optimizer, train_loader, val_loader = accelerator.prepare(split_data.train_module, optimizer,
+                                                                       train_loader, val_loader)
+    val_module = prepared if split_data.val_module is split_data.train_module else \
+        split_data.val_module.to(accelerator.device)
+    accelerator.register_for_checkpointing(scheduler)
+    return TrainingSetup(cfg, accelerator, out, manifest, class_names, preprocessing, arrays, model, regime,
+                         torch.compile(prepared) if cfg.compile else prepared, val_module, train_loader, val_loader,
+                         optimizer, scheduler, steps_per_epoch, batch_augment, split_data.feature_cache_s,
+                         split_data.cached_splits)
 
 
+def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, Any]:
+    """The model with its regime applied: (model, what models.apply_regime unfroze)."""
+    model = hfmodels.create_model(cfg.model, num_classes=num_classes, pretrained=cfg.pretrained,
+                                  pretrained_file=cfg.pretrained_file,
+                                  **({"drop_rate": cfg.drop_rate} if cfg.drop_rate is not None else {}))
+    if cfg.offline_fallback:
+        model.pretrained_source = catalogue.OFFLINE_SOURCE
+    regime = hfmodels.apply_regime(model, cfg.unfreeze)
+    check_head_trains(model, cfg.unfreeze)
+    return model, regime
+
+
+def check_head_trains(model: torch.nn.Module, unfreeze: str) -> None:
+    """A new classifier starts random: freezing it would train a backbone under a fixed random head. Only a model
+    this project trained before (catalogue kind 'saved') brings a trained head of its own."""
+    source = catalogue.weight_source(model.pretrained_source, model.pretrained_cfg.get("architecture", ""))
+    if source.kind != "saved" and not any(p.requires_grad for p in model.get_classifier().parameters()):
+        raise UserError(f"--unfreeze {unfreeze} leaves the new, randomly initialised classifier frozen; "
+                        f"add it: --unfreeze {unfreeze},head")
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Per-step schedule: optional linear warm-up, then cosine to zero or a x0.1 step every third of training."""
+    from torch.optim import lr_scheduler as S
+
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.sched == "cosine":
+        main = S.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    elif cfg.sched == "step":
+        main = S.StepLR(optimizer, step_size=max(1, (total - warmup) // 3), gamma=0.1)
+    else:
+        main = S.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if not warmup:
+        return main
+    return S.SequentialLR(optimizer, [S.LinearLR(optimizer, 0.01, 1.0, total_iters=warmup), main], [warmup])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Epochs
+# ----------------------------------------------------------------------------------------------------------------
+def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
+    """Train from the epoch after `state` to the last (or an early stop); False when stopped on request
+    (`stop_after_epochs`: the run is resumable, not finished)."""
+    from accelerate.utils import set_seed
+
+    cfg, accelerator = s.cfg, s.accelerator
+    first_epoch = state.epoch + 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if cfg.stop_after_epochs and epoch - first_epoch >= cfg.stop_after_epochs:
+            accelerator.print(f"stopping after {cfg.stop_after_epochs} epoch(s) as asked; --resume continues")
+            return False
+        stale = state.epoch - state.best_epoch
+        if cfg.early_stopping and stale >= cfg.early_stopping:
+            accelerator.print(f"early stopping: no val-accuracy gain for {stale} epochs")
+            break
+        # Per-epoch seeding makes augmentation/dropout randomness independent of where a run was resumed.
+        set_seed(cfg.seed + epoch * 1000 + accelerator.process_index)
+        s.train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        stats = train_one_epoch(s, epoch)
+        val_loss, val_acc = validate(s.val_module, s.val_loader, accelerator)
+        row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
+               "val_loss": val_loss, "val_acc": val_acc, "lr": s.optimizer.param_groups[0]["lr"],
+               "epoch_time_s": time.perf_counter() - t0, "images_per_s": stats["images_per_s"],
+               "data_wait_fraction": stats["data_wait_fraction"]}
+        improved = state.record(row)
+        accelerator.print(
+            f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
+            f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
+        t_save = time.perf_counter()
+        if improved and accelerator.is_main_process:
+            save_best_model(s)
+        checkpoints.save(accelerator, s.out, state, started=t_save)
+        if accelerator.is_main_process:
+            runs.write_history(s.out, state.history)
+    return True
+
+
+def train_one_epoch(s: TrainingSetup, epoch: int) -> dict:
+    """One pass over the training split: loss and accuracy over all processes, training images per second, and
+    the fraction of the time the steps sat waiting for data."""
+    from tqdm.auto import tqdm
+
+    accelerator = s.accelerator
+    t0 = time.perf_counter()
+    hfmodels.set_train_mode(s.model)  # frozen BatchNorm stays in eval mode: its statistics never drift
+    bar = tqdm(total=s.steps_per_epoch, desc=f"epoch {epoch}/{s.cfg.epochs}", leave=False,
+               disable=not (s.cfg.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
+    seen = correct = 0
+    wait = 0.0
+    loss_sum = torch.zeros((), device=accelerator.device)
+    batches = iter(s.train_loader)
+    for step in range(s.steps_per_epoch):
+        t_wait = time.perf_counter()
+        batch = next(batches, None)
+        wait += time.perf_counter() - t_wait  # time the step sat idle waiting for data
+        if batch is None:
+            break
+        x, y = batch
+        loss, logits = _train_step(s, x, y, epoch, step)
+        loss_sum += loss * y.numel()
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += y.numel()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
+                        img_s=f"{seen * accelerator.num_processes / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    stats = accelerator.reduce(torch.tensor([loss_sum.item(), correct, seen], device=accelerator.device), "sum")
+    train_time = time.perf_counter() - t0
+    return {"train_loss": stats[0].item() / stats[2].item(), "train_acc": stats[1].item() / stats[2].item(),
+            "images_per_s": stats[2].item() / train_time, "data_wait_fraction": wait / train_time}
+
+
+def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int):
+    """One optimizer step on a batch: (detached loss, logits)."""
+    if s.batch_augment is not None:
+        x = s.batch_augment(x)
+    if s.cfg.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with s.accelerator.autocast():
+        logits = s.train_module(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.label_smoothing)
+    if not torch.isfinite(loss):
+        raise UserError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}: lower --lr or use "
+                        f"--mixed-precision no; the last finished epoch's checkpoint (if any) is kept in {s.out}")
+    s.optimizer.zero_grad(set_to_none=True)
+    s.accelerator.backward(loss)
+    s.optimizer.step()
+    s.scheduler.step()
+    return loss.detach(), logits
+
+
+@torch.no_grad()
+def validate(module, loader, accelerator) -> tuple[float, float]:
+    """Loss and accuracy over the whole split; gather_for_metrics drops the padding of uneven shards."""
+    module.eval()
+    losses, hits = [], []
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = module(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="none")
+        loss, pred, y = accelerator.gather_for_metrics((loss, logits.argmax(1), y))
+        losses.append(loss)
+        hits.append(pred == y)
+    return torch.cat(losses).mean().item(), torch.cat(hits).float().mean().item()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Best model and resume state
+# ----------------------------------------------------------------------------------------------------------------
+def save_best_model(s: TrainingSetup) -> None:
+    """The full model (also when only its suffix was stepped), in timm's Hub layout: the run's deliverable."""
+    meta = {"hf_animals": {"model": s.cfg.model, "unfreeze": s.cfg.unfreeze,
+                           "pretrained_source": s.model.pretrained_source}}
+    rows = hfdata.read_manifest(s.manifest, s.cfg.data_dir, verify=False)
+    hfmodels.save_model(s.model, s.out, s.class_names, s.preprocessing, meta,
+                        label_folders=label_folders(rows, s.class_names))
+
+
+def label_folders(rows: list[dict], class_names: list[str]) -> list[str]:
+    """The class folder names on disk ('cane' for 'dog' in Animals-10), in label order: predict's default labels."""
+    folders = {r["label"]: Path(r["path"]).parts[0] for r in rows}
+    return [folders[name] for name in class_names]
+
+
+def resume_state(s: TrainingSetup) -> checkpoints.TrainerState:
+    """With --resume, the newest complete checkpoint loaded into the prepared objects; else a fresh state."""
+    state = checkpoints.load(s.accelerator, s.out) if s.cfg.resume else None
+    if state is None:
+        return checkpoints.TrainerState(cache_s=s.feature_cache_s)
+    s.accelerator.print(f"resuming {s.out} after epoch {state.epoch}")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The end of a run
+# ----------------------------------------------------------------------------------------------------------------
+def finalise(s: TrainingSetup, state: checkpoints.TrainerState) -> dict:
+    """Test metrics of the best model, the curves, then run.json: written last, it marks the run complete."""
+    if s.accelerator.is_main_process:
+        plots.plot_curves(state.history, s.out / "curves.png", title=f"{s.cfg.model} [{s.cfg.unfreeze}]")
+    metrics = evaluation.evaluate_run(s.out, "test", accelerator=s.accelerator, arrays=s.arrays)
+    summary = None
+    if s.accelerator.is_main_process:
+        summary = run_summary(s, state, metrics)
+        runs.write_json(s.out / runs.RUN_JSON, summary)
+    s.accelerator.wait_for_everyone()
+    return summary or {}
+
+
+def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict) -> dict:
+    """run.json: what was trained from where, how it went, what it cost, and how to reproduce it."""
+    cfg, accelerator = s.cfg, s.accelerator
+    total_params, trainable_params = hfmodels.count_params(s.model)
+    return {
+        "status": "complete",
+        "model": cfg.model,
+        "unfreeze": cfg.unfreeze,
+        "pretrained_source": s.model.pretrained_source,
+        **regime_record(s.regime, s.model),
+        "train_time_s": state.train_time_s,
+        "time_to_best_s": state.time_to_best_s,
+        "feature_cache_s": state.cache_s,
+        "epochs_run": state.epoch,
+        "images_per_s": _mean([r["images_per_s"] for r in state.history]),
+        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        "params_total": total_params,
+        "params_trainable": trainable_params,
+        # effective: 1 for networks that start from random weights (catalogue.effective_backbone_lr_scale)
+        "backbone_lr_scale": hfmodels.effective_backbone_lr_scale(s.model, cfg.backbone_lr_scale),
+        "best_epoch": state.best_epoch,
+        "best_val_accuracy": state.best_val_accuracy,
+        "test_accuracy": metrics["accuracy"],
+        "checkpoint_bytes": (s.out / "model.safetensors").stat().st_size,
+        "latency_ms_per_image": metrics.get("latency_ms_per_image"),
+        "image_size": s.preprocessing.image_size,
+        "class_names": s.class_names,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+        "seed": cfg.seed,
+        "splits_sha256": hfdata.manifest_hash(s.manifest),
+        "splits": str(s.manifest),
+        "args": dataclasses.asdict(cfg),
+        "versions": library_versions(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def regime_record(regime, model: torch.nn.Module) -> dict:
+    """run.json's account of what trained, from the regime `models.apply_regime` applied (never re-derived from
+    requires_grad). head_only: the classifier and nothing else, by the catalogue's one rule."""
+    trainable = list(regime.trainable_modules)
+    head = hfmodels._classifier_name(model)
+    return {"head_only": catalogue.is_head_only(",".join(trainable), head), "trainable_modules": trainable,
+            "frozen_modules": list(regime.frozen_modules)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run folder and data helpers
+# ----------------------------------------------------------------------------------------------------------------
 def _claim_output_dir(cfg: TrainConfig) -> Path:
     """Refuse to clobber an earlier run: a non-empty folder needs --resume or --overwrite."""
     out = Path(cfg.output_dir)
@@ -142,35 +479,18 @@ def _claim_output_dir(cfg: TrainConfig) -> Path:
     if out.exists() and any(out.iterdir()) and not cfg.resume:
         if not cfg.overwrite:
             raise UserError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
-        if not any((out / name).exists() for name in (*RUN_FILES, CHECKPOINT_DIR, "splits.csv")):
+        if not any((out / name).exists() for name in (*runs.RUN_FILES, runs.CHECKPOINT_DIR, runs.SPLITS_FILE)):
             raise UserError(f"{out} does not look like a run folder; refusing to --overwrite it")
     return out
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)  # atomic: an interrupted write never leaves half a file
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(type(obj))
-
-
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    _write_json(run_dir / "history.json", history)
-    if history:
-        cols = list(history[0])
-        lines = [",".join(cols)] + [",".join(_fmt(row[c]) for c in cols) for row in history]
-        (run_dir / "history.csv").write_text("\n".join(lines) + "\n")
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+def _announce(s: TrainingSetup) -> None:
+    total, trainable = hfmodels.count_params(s.model)
+    s.accelerator.print(
+        f"{s.cfg.model} [{s.cfg.unfreeze}] {s.model.pretrained_source}: {trainable:,} of {total:,} parameters "
+        f"trainable; {s.accelerator.num_processes} process(es) on {s.accelerator.device}, mixed precision "
+        f"{s.accelerator.mixed_precision}"
+        + (f"; frozen-prefix features cached ({'+'.join(s.cached_splits)})" if s.cached_splits else ""))
 
 
 def library_versions() -> dict[str, str]:
@@ -194,463 +514,5 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Data for one run
-# ----------------------------------------------------------------------------------------------------------------
-def _manifest_for(cfg: TrainConfig, out: Path, accelerator) -> Path:
-    """The run's manifest: the given one (verified) or a fresh split saved in the run folder."""
-    if cfg.splits:
-        path = Path(cfg.splits)
-        if not path.is_file():
-            raise UserError(f"--splits {path} does not exist (make one with scripts/prepare_data.py)")
-        hfdata.read_manifest(path, cfg.data_dir, verify=True)
-        return path
-    path = out / "splits.csv"
-    if accelerator.is_main_process and not path.exists():
-        hfdata.prepare_splits(
-            cfg.data_dir, out, train=cfg.train_per_class, val=cfg.val_per_class, test=cfg.test_per_class,
-            seed=cfg.seed, proportional=cfg.proportional, skip_bad=cfg.skip_bad,
-        )
-    accelerator.wait_for_everyone()
-    return path
-
-
-class Normalized(torch.nn.Module):
-    """uint8 images in, logits out: normalisation runs on the model's device (GPU when there is one)."""
-
-    def __init__(self, model: torch.nn.Module, mean, std):
-        super().__init__()
-        self.model, self.mean, self.std = model, tuple(mean), tuple(std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(preprocess.normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x)
-
-
-def naive_split(cfg: TrainConfig, rows: list[dict], split: str, class_names: list[str], image_size: int, augment):
-    """The baseline data path: torchvision ImageFolder that opens, decodes and resizes every file every epoch.
-
-    Kept only so scripts/benchmark.py can time it against the decoded-image cache on the very same images: samples
-    follow the manifest order, so both pipelines see the same index -> image mapping and the same shuffles.
-    """
-    from torchvision.datasets import ImageFolder
-
-    index = {name: i for i, name in enumerate(class_names)}
-    picked = [r for r in rows if r["split"] == split]
-    wanted = {str(Path(cfg.data_dir, r["path"])) for r in picked}
-
-    def load(path: str) -> torch.Tensor:
-        pixels = torch.from_numpy(preprocess.load_rgb_resized(path, image_size)).permute(2, 0, 1).contiguous()
-        return augment(pixels) if augment is not None else pixels
-
-    folder = ImageFolder(cfg.data_dir, loader=load, is_valid_file=lambda p: p in wanted,
-                         allow_empty=True)
-    folder.samples = [(str(Path(cfg.data_dir, r["path"])), index[r["label"]]) for r in picked]
-    return folder
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------------------------------
-def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
-
-    kwargs = {"mixed_precision": cfg.mixed_precision} if cfg.mixed_precision else {}
-    try:
-        # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
-        # runs shuffle exactly like an uninterrupted single run.
-        return Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
-    except ValueError as err:  # e.g. fp16 asked for on a machine that cannot do it
-        raise UserError(f"mixed precision {cfg.mixed_precision!r}: {err}") from None
-
-
-def train(cfg: TrainConfig) -> dict:
-    """Train, validate every epoch, keep the best checkpoint, evaluate it on the test split; return run.json.
-
-    A run that fails before finishing an epoch leaves no folder behind if it created it (only its own split was
-    there); an earlier run is never touched.
-    """
-    fresh = not Path(cfg.output_dir).exists()
-    try:
-        return _train(cfg)
-    except BaseException:
-        out = Path(cfg.output_dir)
-        if fresh and out.is_dir() and not has_checkpoint(out):
-            shutil.rmtree(out, ignore_errors=True)  # ignore: another process may be removing it too
-        raise
-
-
-def _train(cfg: TrainConfig) -> dict:
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
-    out = _claim_output_dir(cfg)
-    if cfg.resume and is_run_complete(out):
-        return json.loads((out / "run.json").read_text())
-    accelerator = make_accelerator(cfg)
-    if accelerator.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
-    if accelerator.is_main_process:
-        if cfg.overwrite and not cfg.resume and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    manifest = _manifest_for(cfg, out, accelerator)
-    rows = hfdata.read_manifest(manifest, cfg.data_dir, verify=False)
-    class_names = hfdata.class_names(rows)
-
-    set_seed(cfg.seed)
-    model = hfmodels.create_model(cfg.model, num_classes=len(class_names), pretrained=cfg.pretrained,
-                                  pretrained_file=cfg.pretrained_file,
-                                  **({"drop_rate": cfg.drop_rate} if cfg.drop_rate is not None else {}))
-    regime = hfmodels.apply_regime(model, cfg.unfreeze)
-    check_head_trains(model, cfg.unfreeze)
-    dcfg = hfmodels.data_config(model)
-    image_size = cfg.image_size or int(dcfg["input_size"][-1])
-    preprocessing = preprocess.Preprocessing.from_model(model, image_size)
-    label_folders = _label_folders(rows, class_names)
-    with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
-        arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
-                                            verify=False)  # _manifest_for verified (or just wrote) it
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    # Frozen-prefix feature cache: when the frozen part is a prefix of the forward pass it is a fixed function of
-    # each image, so run it once per split instead of every epoch: always for validation (never augmented), and for
-    # training too when training is not augmented. The trainable rest shares the model's own parameters.
-    split = hfmodels.frozen_prefix_split(model, regime) if cfg.feature_cache and cfg.pipeline == "cached" else None
-    net = Normalized(model, dcfg["mean"], dcfg["std"])
-    train_module = val_module = net
-    cached_splits = ("train", "val") if not cfg.augment else ("val",)
-    t0 = time.perf_counter()
-    if cfg.pipeline == "naive":
-        augment = hfdata.train_augmentation(image_size) if cfg.augment else None
-        train_set = naive_split(cfg, rows, "train", class_names, image_size, augment)
-        val_set = naive_split(cfg, rows, "val", class_names, image_size, None)
-    else:
-        prefix = Normalized(split[0], dcfg["mean"], dcfg["std"]) if split else None
-        sets = {name: TensorDataset(prefix_features(prefix, arrays[name][0], accelerator, cfg), arrays[name][1])
-                if split and name in cached_splits else hfdata.ImageTensorDataset(*arrays[name])
-                for name in ("train", "val")}
-        train_set, val_set = sets["train"], sets["val"]
-        if split:
-            val_module = split[1]
-            train_module = split[1] if "train" in cached_splits else net
-    cache_s = time.perf_counter() - t0 if split else 0.0
-    # Cached pixels are augmented per image but batched, on the device, after the loader (no loader-side work).
-    batch_augment = hfdata.batch_augmentation(image_size) if cfg.augment and cfg.pipeline == "cached" else None
-
-    workers = default_workers(cfg)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                              num_workers=workers, pin_memory=accelerator.device.type == "cuda",
-                              persistent_workers=workers > 0)
-    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=workers,
-                            pin_memory=accelerator.device.type == "cuda")
-
-    groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
-                                   weight_decay=cfg.weight_decay)
-    backbone_scale = hfmodels.effective_backbone_lr_scale(model, cfg.backbone_lr_scale)
-    optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
-    if cfg.max_train_batches:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
-
-    prepared, optimizer, train_loader, val_loader = accelerator.prepare(train_module, optimizer, train_loader,
-                                                                       val_loader)
-    val_module = prepared if val_module is train_module else val_module.to(accelerator.device)
-    train_module = torch.compile(prepared) if cfg.compile else prepared
-    accelerator.register_for_checkpointing(scheduler)
-
-    state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": [], "train_time_s": 0.0,
-             "time_to_best_s": 0.0, "cache_s": cache_s}
-    if cfg.resume and has_checkpoint(out):
-        accelerator.load_state(str(out / CHECKPOINT_DIR))
-        state = json.loads((out / CHECKPOINT_DIR / STATE_FILE).read_text())
-        accelerator.print(f"resuming {out} after epoch {state['epoch']}")
-
-    total_params, trainable_params = hfmodels.count_params(model)
-    accelerator.print(f"{cfg.model} [{cfg.unfreeze}] {model.pretrained_source}: {trainable_params:,} of "
-                      f"{total_params:,} parameters trainable; {accelerator.num_processes} process(es) on "
-                      f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
-                      + (f"; frozen-prefix features cached ({'+'.join(cached_splits)})" if split else ""))
-    stale = state["epoch"] - state["best_epoch"]
-    first_epoch = state["epoch"] + 1
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        if cfg.stop_after_epochs and epoch - first_epoch >= cfg.stop_after_epochs:
-            accelerator.print(f"stopping after {cfg.stop_after_epochs} epoch(s) as asked; --resume continues")
-            return {}
-        if cfg.early_stopping and stale >= cfg.early_stopping:
-            accelerator.print(f"early stopping: no val-accuracy gain for {stale} epochs")
-            break
-        # Per-epoch seeding makes augmentation/dropout randomness independent of where a run was resumed.
-        set_seed(cfg.seed + epoch * 1000 + accelerator.process_index)
-        train_loader.set_epoch(epoch)
-        t0 = time.perf_counter()
-        hfmodels.set_train_mode(model)  # frozen BatchNorm stays in eval mode: its statistics never drift
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
-                   disable=not (cfg.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
-        seen = correct = 0
-        wait = 0.0
-        loss_sum = torch.zeros((), device=accelerator.device)
-        batches = iter(train_loader)
-        for step in range(steps_per_epoch):
-            t_wait = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - t_wait  # time the step sat idle waiting for data
-            if batch is None:
-                break
-            x, y = batch
-            if batch_augment is not None:
-                x = batch_augment(x)
-            if cfg.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with accelerator.autocast():
-                logits = train_module(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}: lower --lr or use --mixed-precision no;"
-                    f" the last finished epoch's checkpoint (if any) is kept in {out}")
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * y.numel()
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += y.numel()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
-                            img_s=f"{seen * accelerator.num_processes / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        stats = accelerator.reduce(torch.tensor([loss_sum.item(), correct, seen], device=accelerator.device), "sum")
-        train_time = time.perf_counter() - t0
-        val_loss, val_acc = validate(val_module, val_loader, accelerator)
-        epoch_time = time.perf_counter() - t0
-        row = {
-            "epoch": epoch,
-            "train_loss": stats[0].item() / stats[2].item(),
-            "train_acc": stats[1].item() / stats[2].item(),
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": epoch_time,
-            "images_per_s": stats[2].item() / train_time,
-            "data_wait_fraction": wait / train_time,
-        }
-        state["history"].append(row)
-        state["train_time_s"] += epoch_time
-        state["epoch"] = epoch
-        improved = val_acc > state["best_val_accuracy"]
-        t_save = time.perf_counter()
-        if improved:
-            state.update(best_val_accuracy=val_acc, best_epoch=epoch, time_to_best_s=state["train_time_s"])
-            if accelerator.is_main_process:
-                # The full model (also when only its suffix was stepped), in timm's Hub layout.
-                hfmodels.save_model(model, out, class_names, preprocessing, _checkpoint_meta(cfg, model),
-                                    label_folders=label_folders)
-        stale = epoch - state["best_epoch"]
-        accelerator.print(
-            f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
-            f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f}s")
-        accelerator.save_state(str(out / CHECKPOINT_DIR))
-        row["checkpoint_s"] = time.perf_counter() - t_save  # best model + resume state, outside epoch_time_s
-        if accelerator.is_main_process:
-            _write_json(out / CHECKPOINT_DIR / STATE_FILE, state)
-            write_history(out, state["history"])
-        accelerator.wait_for_everyone()
-
-    summary = None
-    if accelerator.is_main_process:
-        plots.plot_curves(state["history"], out / "curves.png", title=f"{cfg.model} [{cfg.unfreeze}]")
-    metrics = evaluate_run(out, "test", cfg=cfg, accelerator=accelerator, arrays=arrays)
-    if accelerator.is_main_process:
-        summary = {
-            "status": "complete",
-            "model": cfg.model,
-            "unfreeze": cfg.unfreeze,
-            "pretrained_source": catalogue.OFFLINE_SOURCE if cfg.offline_fallback else model.pretrained_source,
-            "head_only": catalogue.is_head_only(cfg.unfreeze, (catalogue.family_of(cfg.model) or catalogue.FAMILIES["scratch"]).head),  # SHIM
-            "train_time_s": state["train_time_s"],
-            "time_to_best_s": state["time_to_best_s"],
-            "feature_cache_s": state.get("cache_s", 0.0),
-            "epochs_run": state["epoch"],
-            "images_per_s": _mean([r["images_per_s"] for r in state["history"]]),
-            "peak_memory_mb": peak_memory_mb(accelerator.device),
-            "params_total": total_params,
-            "params_trainable": trainable_params,
-            "backbone_lr_scale": backbone_scale,  # effective: 1 for scratch / random-init networks
-            "best_epoch": state["best_epoch"],
-            "best_val_accuracy": state["best_val_accuracy"],
-            "test_accuracy": metrics["accuracy"],
-            "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
-            "latency_ms_per_image": metrics.get("latency_ms_per_image"),
-            "image_size": image_size,
-            "class_names": class_names,
-            "device": str(accelerator.device),
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "seed": cfg.seed,
-            "splits_sha256": hfdata.manifest_hash(manifest),
-            "splits": str(manifest),
-            "args": dataclasses.asdict(cfg),
-            "versions": library_versions(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        _write_json(out / "run.json", summary)
-    accelerator.wait_for_everyone()
-    return summary or {}
-
-
-def check_head_trains(model: torch.nn.Module, unfreeze: str) -> None:
-    """A new classifier starts random: freezing it would train a backbone under a fixed random head."""
-    saved = model.pretrained_source.startswith(("local-dir:", "hf-hub:"))  # a trained head of this project's
-    if not saved and not any(p.requires_grad for p in model.get_classifier().parameters()):
-        raise UserError(f"--unfreeze {unfreeze} leaves the new, randomly initialised classifier frozen; "
-                        f"add it: --unfreeze {unfreeze},head")
-
-
-def default_workers(cfg: TrainConfig) -> int:
-    """Loader processes: the cached path only indexes in-memory tensors (0 is fastest); the naive path decodes files,
-    which overlaps with compute only in worker processes."""
-    if cfg.num_workers is not None:
-        return cfg.num_workers
-    return min(4, os.cpu_count() or 1) if cfg.pipeline == "naive" and torch.cuda.is_available() else 0
-
-
-def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    """Per-step schedule: optional linear warm-up, then cosine to zero or a x0.1 step every third of training."""
-    from torch.optim import lr_scheduler as S
-
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    if cfg.sched == "cosine":
-        main = S.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
-    elif cfg.sched == "step":
-        main = S.StepLR(optimizer, step_size=max(1, (total - warmup) // 3), gamma=0.1)
-    else:
-        main = S.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if not warmup:
-        return main
-    return S.SequentialLR(optimizer, [S.LinearLR(optimizer, 0.01, 1.0, total_iters=warmup), main], [warmup])
-
-
-@torch.no_grad()
-def prefix_features(prefix: torch.nn.Module, pixels: torch.Tensor, accelerator, cfg: TrainConfig) -> torch.Tensor:
-    """Frozen prefix output for every image of a split, computed once (eval mode: BN uses running stats)."""
-    prefix = prefix.to(accelerator.device).eval()
-    outs = []
-    for i in range(0, len(pixels), 128):
-        x = pixels[i:i + 128].to(accelerator.device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with accelerator.autocast():
-            outs.append(prefix(x).float().cpu())
-    return torch.cat(outs)
-
-
-@torch.no_grad()
-def validate(module, loader, accelerator) -> tuple[float, float]:
-    """Loss and accuracy over the whole split; gather_for_metrics drops the padding of uneven shards."""
-    module.eval()
-    losses, hits = [], []
-    for x, y in loader:
-        with accelerator.autocast():
-            logits = module(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="none")
-        loss, pred, y = accelerator.gather_for_metrics((loss, logits.argmax(1), y))
-        losses.append(loss)
-        hits.append(pred == y)
-    return torch.cat(losses).mean().item(), torch.cat(hits).float().mean().item()
-
-
-def _checkpoint_meta(cfg: TrainConfig, model) -> dict:
-    return {"hf_animals": {"model": cfg.model, "unfreeze": cfg.unfreeze,
-                           "pretrained_source": model.pretrained_source}}
-
-
-def _label_folders(rows: list[dict], class_names: list[str]) -> list[str]:
-    """The class folder names on disk ('cane' for 'dog' in Animals-10), in label order: predict's default labels."""
-    folders = {r["label"]: Path(r["path"]).parts[0] for r in rows}
-    return [folders[name] for name in class_names]
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation of a saved run
-# ----------------------------------------------------------------------------------------------------------------
-def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, batch_size: int = 128):
-    """(predictions, probabilities) for uint8 images, batched and sharded over processes."""
-    loader = accelerator.prepare(DataLoader(TensorDataset(pixels, torch.zeros(len(pixels), dtype=torch.long)),
-                                            batch_size=batch_size))
-    model = model.to(accelerator.device).eval()
-    probs = []
-    with torch.no_grad():
-        for x, _ in loader:
-            with accelerator.autocast():
-                logits = model(x)
-            probs.append(accelerator.gather_for_metrics(logits.float().softmax(1)))
-    p = torch.cat(probs).cpu()
-    return p.argmax(1), p
-
-
-def latency_ms_per_image(model: torch.nn.Module, pixels: torch.Tensor, device, n: int = 8) -> float:
-    """Single-image inference latency (batch 1, after one warm-up), as a deployment would see it."""
-    model = model.to(device).eval()
-    sample = pixels[:n].to(device)
-    with torch.no_grad():
-        model(sample[:1])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(len(sample)):
-            model(sample[i:i + 1])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / max(1, len(sample)) * 1000
-
-
-def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig | None = None, accelerator=None,
-                 arrays=None, data_dir: str | None = None) -> dict:
-    """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise UserError(f"{run_dir} has no config.json: not a finished run folder")
-    if split not in ("train", "val", "test"):
-        raise UserError(f"unknown split {split!r}; choose from train, val, test")
-    if cfg is None:
-        run_json = run_dir / "run.json"
-        args = json.loads(run_json.read_text())["args"] if run_json.exists() else None
-        if args is None:
-            raise UserError(f"{run_dir} has no run.json: cannot tell which data and split it used")
-        cfg = TrainConfig(**{**args, "resume": False, "overwrite": False})
-        if data_dir:
-            cfg.data_dir = data_dir
-    accelerator = accelerator or make_accelerator(cfg)
-    model, class_names = hfmodels.load_model(run_dir)
-    preprocessing = preprocess.Preprocessing.from_pretrained_cfg(model.pretrained_cfg)
-    image_size = preprocessing.image_size
-    if arrays is None:
-        manifest = Path(cfg.splits) if cfg.splits else run_dir / "splits.csv"
-        arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir)
-    pixels, labels = arrays[split]
-    net = Normalized(model, preprocessing.mean, preprocessing.std)
-    preds, _ = predict_arrays(net, pixels, accelerator)
-    metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
-    metrics["split"] = split
-    metrics["latency_ms_per_image"] = latency_ms_per_image(net, pixels, accelerator.device)
-    if accelerator.is_main_process:
-        suffix = "" if split == "test" else f"_{split}"
-        _write_json(run_dir / f"metrics{suffix}.json", metrics)
-        plots.plot_confusion_matrix(metrics["confusion_matrix"], class_names, run_dir / f"confusion_matrix{suffix}.png",
-                                    title=f"{run_dir.name}: {split} accuracy {metrics['accuracy']:.3f}")
-        wrong = (preds != labels).nonzero().flatten()[:32].tolist()
-        if wrong:
-            plots.plot_image_grid([pixels[i].permute(1, 2, 0).numpy() for i in wrong],
-                                  [f"{class_names[labels[i]]}→{class_names[preds[i]]}" for i in wrong],
-                                  run_dir / f"misclassified{suffix}.png", title="misclassified (true→predicted)")
-    return metrics

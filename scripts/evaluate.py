@@ -13,7 +13,7 @@ from pathlib import Path
 # Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from hf_animals import cli, training  # noqa: E402
+from hf_animals import cli, evaluation  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.run is None) == (args.run_option is None):
         p.error("give the run folder once: evaluate.py RUN (or --run RUN)")
-    m = training.evaluate_run(args.run or args.run_option, args.split, data_dir=args.data_dir)
+    m = evaluation.evaluate_run(args.run or args.run_option, args.split, data_dir=args.data_dir)
     print(f"{args.split}: accuracy {m['accuracy']:.4f}  precision {m['precision_macro']:.4f}  "
           f"recall {m['recall_macro']:.4f}  f1 {m['f1_macro']:.4f}  ({m['num_samples']} images)")
     print(json.dumps({k: v["f1"] for k, v in m["per_class"].items()}, indent=None))

@@ -24,16 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--splits", help="manifest from prepare_data.py (default: split here, saved in the run folder)")
     g.add_argument("--train", dest="train_per_class", type=cli.positive_int, default=d.train_per_class,
                    help="train images per class (when splitting here)")
-    g.add_argument("--val", dest="val_per_class", type=cli.positive_int, default=d.val_per_class)
-    g.add_argument("--test", dest="test_per_class", type=cli.positive_int, default=d.test_per_class)
+    g.add_argument("--val", dest="val_per_class", type=cli.positive_int, default=d.val_per_class,
+                   help="validation images per class: they choose the best epoch")
+    g.add_argument("--test", dest="test_per_class", type=cli.positive_int, default=d.test_per_class,
+                   help="test images per class: the reported accuracy")
     g.add_argument("--proportional", action="store_true", help="split small classes proportionally")
     g.add_argument("--skip-bad", action="store_true", help="skip unreadable images (listed) instead of failing")
     g.add_argument("--image-size", type=cli.positive_int, default=None,
                    help="square input size (default: the model's pretrained config)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
     g.add_argument("--cache-dir", help="decoded-image cache (default $HF_ANIMALS_CACHE or ~/.cache/hf_animals)")
-    g.add_argument("--workers", dest="num_workers", type=cli.non_negative_int, default=None,
-                   help="DataLoader workers (default: 0 for the in-memory cache)")
+    g.add_argument("--workers", dest="num_workers", type=cli.non_negative_int, default=d.num_workers,
+                   help="DataLoader workers (0 suits the in-memory image cache)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d.model,
                    help="animals_cnn5 | resnet18[.tag] | mobilenetv2_100[.tag] | tf_efficientnet_lite0 | "

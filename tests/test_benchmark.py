@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_animals import benchmark
+from hf_animals import benchmark, catalogue
+from hf_animals import study as hfstudy
 from hf_animals.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,21 +59,71 @@ def test_both_pipelines_reach_the_same_accuracy(tiny):
         assert row["loss_max_rel_diff"] <= 1e-3, name
 
 
-def test_figures_are_computed_from_the_measured_times(tiny):
+def test_feature_cache_and_augmentation_probe_follow_the_regime(tiny):
     result, _ = tiny
-    for name, row in result["regimes"].items():
-        assert row["speedup"] == pytest.approx(row["naive_epoch_s"] / row["epoch_s"])
-        assert row["speedup_30"] == pytest.approx(30 * row["naive_epoch_s"] / (30 * row["epoch_s"] + row["cache_s"]))
-        assert row["cache_s"] == pytest.approx(result["image_cache_s"] + row["feature_cache_s"])
     # The frozen-prefix cache is used for the head-only regime, never for full training.
-    assert result["regimes"]["resnet18:fc"]["feature_cache_s"] > 0
-    assert result["regimes"]["animals_cnn5:all"]["feature_cache_s"] == 0
-    # The study augments the scratch CNN: its data wait is also probed with augmentation on.
-    assert 0 <= result["regimes"]["animals_cnn5:all"]["data_wait_fraction_augment"] <= 1
-    study = result["study"]
-    assert study["naive_s"] > 0 and study["hf_animals_s"] > 0
-    assert study["speedup"] == pytest.approx(study["naive_s"] / study["hf_animals_s"])
-    assert "resnet18:all" in study["missing"]  # not benchmarked here: left out of the projection, and said so
+    assert result["regimes"]["resnet18:fc"]["feature_cache"] is True
+    assert result["regimes"]["animals_cnn5:all"]["feature_cache"] is False
+    # The study augments the scratch CNN (catalogue.PROTOCOL), not the ResNet head: only the former is probed.
+    assert "hf_animals_augment" in result["regimes"]["animals_cnn5:all"]["per_image_s"]
+    assert "data_wait_fraction_augment" not in result["regimes"]["resnet18:fc"]
+    assert "resnet18:all" in result["study"]["missing"]  # not benchmarked here: left out of the projection, said so
+
+
+def test_weights_are_labelled_from_the_run_record(tiny):
+    """ImageNet weights when the Hub cache has them, else (offline) random init recorded as the offline fallback
+    and marked in the table: never random weights passed off as pretrained."""
+    result, stdout = tiny
+    runs = Path(result["config"]["work_dir"]) / "runs"
+    run = json.loads((runs / "resnet18__fc" / "hf_animals" / "run.json").read_text())
+    source = catalogue.weight_source(run["pretrained_source"], "resnet18")
+    assert source.kind in ("hub", "offline")
+    assert result["regimes"]["resnet18:fc"]["weights"] == source.label
+    assert ("resnet18:fc *" in stdout) == (source.kind == "offline")
+    assert result["regimes"]["animals_cnn5:all"]["weights"] == "scratch"
+
+
+def _row(**per_image) -> dict:
+    costs = {"train": 1e-3, "val": 5e-4}
+    return {"feature_cache_s": 0.1, "per_image_s": {"naive": per_image.get("naive", costs),
+                                                     "hf_animals": per_image.get("hf_animals", costs),
+                                                     "hf_animals_augment": per_image.get("augment", costs)}}
+
+
+def test_projection_charges_each_regime_the_pipeline_the_study_uses():
+    study = hfstudy.StudyConfig(data_dir="", output_dir="", families=("scratch", "resnet18"))
+    counts = {"train": 40, "val": 10, "test": 10}
+    measured = {r.name: _row() for r in catalogue.PROTOCOL if r.family in study.families}
+
+    def project(changes: dict) -> dict:
+        regimes = {name: {**row, **changes.get(name, {})} for name, row in measured.items()}
+        return benchmark.study_projection(regimes, counts, 1.0, study, n_classes=10)
+
+    base = project({})
+    assert base["runs"] == 3 + 1 + len(study.sweep_lrs) * len(study.sweep_batch_sizes) and not base["missing"]
+    slow = {"train": 2e-3, "val": 1e-3}
+    # resnet18:fc trains without augmentation on cached features: its plain cost counts, its probe would not.
+    assert project({"resnet18:fc": _row(hf_animals=slow)})["hf_animals_s"] > base["hf_animals_s"]
+    assert project({"resnet18:fc": _row(augment=slow)})["hf_animals_s"] == base["hf_animals_s"]
+    # resnet18:all trains with augmentation: the probe's cost is what the study pays.
+    assert project({"resnet18:all": _row(augment=slow)})["hf_animals_s"] > base["hf_animals_s"]
+    assert project({"resnet18:all": _row(hf_animals=slow)})["hf_animals_s"] == base["hf_animals_s"]
+    # The naive side does not depend on the hf_animals costs, and grows with its own.
+    assert project({"resnet18:all": _row(naive=slow)})["naive_s"] > base["naive_s"]
+    assert project({"resnet18:all": _row(augment=slow)})["naive_s"] == base["naive_s"]
+
+
+def test_targets_follow_the_catalogue_regime():
+    fast = {"speedup": 30.0, "speedup_30": 12.0, "data_wait_fraction": 0.01}
+    slow = {"speedup": 1.5, "speedup_30": 1.2, "data_wait_fraction": 0.2}
+    checks = benchmark.check_targets({"mobilenetv2_100:classifier": fast, "resnet18:layer3,layer4,fc": slow,
+                                      "tf_efficientnet_lite0:all": {**fast, "data_wait_fraction_augment": 0.5}})
+    by_regime = {}
+    for check in checks:
+        by_regime.setdefault(check["regime"], []).append((check["target"].split(" ")[0], check["met"]))
+    assert by_regime["mobilenetv2_100:classifier"] == [("epoch", True), ("30-epoch", True)]  # head only
+    assert by_regime["resnet18:layer3,layer4,fc"] == [("epoch", False)]  # part of the backbone
+    assert by_regime["tf_efficientnet_lite0:all"] == [("data", True), ("data", False)]  # everything, + augmented
 
 
 def test_report_prints_every_regime_and_the_targets(tiny):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_animals import data, preprocess
+from hf_animals import augment, data, image_cache, preprocess
 from hf_animals.cli import run_main
 from hf_animals.errors import UserError
 from hf_animals.sample_data import write_sample_dataset
@@ -270,6 +270,12 @@ def test_bad_counts(small_dir):
         data.make_manifest(small_dir, train=0)
     with pytest.raises(UserError, match="--val must be"):
         data.make_manifest(small_dir, train=1, val=-1)
+    # No split may be empty: training picks its best epoch on val and reports on test.
+    for counts in (dict(train=4, val=0, test=1), dict(train=4, val=1, test=0)):
+        with pytest.raises(UserError, match=r"--(val|test) must be an integer >= 1"):
+            data.make_manifest(small_dir, **counts)
+        with pytest.raises(UserError, match=r"--(val|test) must be an integer >= 1"):
+            data.make_manifest(small_dir, proportional=True, **counts)
 
 
 def _damage(small_dir: Path) -> dict[str, str]:
@@ -347,23 +353,48 @@ def test_sample_images_of_all_modes_load_as_rgb(sample_dir):
     assert {"RGB", "RGBA", "L", "P"} <= modes
 
 
-def test_train_augmentation_keeps_uint8_and_size():
-    x = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
-    torch.manual_seed(0)
-    out = data.train_augmentation(32)(x)
-    assert out.dtype == torch.uint8 and out.shape == (3, 32, 32)
+def _two_halves(size: int = 40) -> torch.Tensor:
+    """A uint8 image, red on the left half and blue on the right: a label-like property augmentation must keep."""
+    image = torch.zeros((3, size, size), dtype=torch.uint8)
+    image[0, :, : size // 2] = 200
+    image[2, :, size // 2:] = 200
+    return image
+
+
+def _orientation(image: torch.Tensor) -> str:
+    """'red|blue', 'blue|red' (mirrored) or 'mixed' from the outermost columns of an augmented _two_halves."""
+    left, right = image[:, :, 0].float().mean(1), image[:, :, -1].float().mean(1)
+    if left[0] > left[2] and right[2] > right[0]:
+        return "red|blue"
+    if left[2] > left[0] and right[0] > right[2]:
+        return "blue|red"
+    return "mixed"
+
+
+def test_train_augmentation_keeps_the_content_and_varies_the_view():
+    image = _two_halves()
+    views = []
+    for seed in range(12):
+        torch.manual_seed(seed)
+        views.append(augment.train_augmentation(32)(image))
+    assert all(v.dtype == torch.uint8 and v.shape == (3, 32, 32) for v in views)
+    # A crop of at least 80 % keeps both halves at the edges; flips mirror them; nothing else is invented.
+    assert {_orientation(v) for v in views} == {"red|blue", "blue|red"}
+    assert len({bytes(v.numpy()) for v in views}) == len(views)
+    torch.manual_seed(3)
+    assert torch.equal(augment.train_augmentation(32)(image), views[3])
 
 
 def test_pil_transforms_match_the_cached_path():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 4), dtype=np.uint8), "RGBA")
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    classic = data.build_transforms(24, mean, std, train=False)(image)
+    classic = augment.build_transforms(24, mean, std, train=False)(image)
     cached = preprocess.normalize_batch(torch.from_numpy(preprocess.rgb_resized(image, 24)).permute(2, 0, 1), mean, std)
     assert classic.shape == (3, 24, 24) and torch.allclose(classic, cached, atol=1e-5)
     torch.manual_seed(0)
-    augmented = data.build_transforms(24, mean, std, train=True)(image)
+    augmented = augment.build_transforms(24, mean, std, train=True)(image)
     assert augmented.shape == (3, 24, 24) and not torch.allclose(augmented, classic)
-    assert torch.equal(data.build_transforms(24, mean, std, train=True, augment=False)(image), classic)
+    assert torch.equal(augment.build_transforms(24, mean, std, train=True, augment=False)(image), classic)
 
 
 # ------------------------------------------------------------------------------------------------ decoded cache
@@ -374,7 +405,7 @@ def manifest(sample_dir, tmp_path) -> Path:
 
 
 def test_cache_arrays_match_rgb_resized(sample_dir, manifest, cache_dir):
-    arrays = data.cached_split_arrays(sample_dir, manifest, 24)
+    arrays = image_cache.cached_split_arrays(sample_dir, manifest, 24)
     rows = data.read_manifest(manifest)
     names = data.class_names(rows)
     for split, n in (("train", 60), ("val", 30), ("test", 20)):
@@ -390,36 +421,36 @@ def test_cache_arrays_match_rgb_resized(sample_dir, manifest, cache_dir):
 
 
 def test_cache_is_reused_without_decoding(sample_dir, manifest, cache_dir, monkeypatch):
-    first = data.cached_split_arrays(sample_dir, manifest, 16, cache_dir)
-    files = sorted((cache_dir / "pixels" / data.pixel_cache_key(manifest, 16)).glob("*.arrow"))
+    first = image_cache.cached_split_arrays(sample_dir, manifest, 16, cache_dir)
+    files = sorted((cache_dir / "pixels" / image_cache.pixel_cache_key(manifest, 16)).glob("*.arrow"))
     assert [f.name for f in files] == ["test.arrow", "train.arrow", "val.arrow"]
     mtimes = [f.stat().st_mtime_ns for f in files]
     calls = []
     monkeypatch.setattr(data, "load_rgb_resized", lambda *a: calls.append(a))
-    second = data.cached_split_arrays(sample_dir, manifest, 16, cache_dir)
+    second = image_cache.cached_split_arrays(sample_dir, manifest, 16, cache_dir)
     assert calls == [] and [f.stat().st_mtime_ns for f in files] == mtimes
     for split in data.SPLITS:
         assert torch.equal(first[split][0], second[split][0]) and torch.equal(first[split][1], second[split][1])
     second["train"][0][0, 0, 0, 0] += 1  # tensors are private copies, not views of the memory-mapped file
-    assert torch.equal(data.cached_split_arrays(sample_dir, manifest, 16, cache_dir)["train"][0], first["train"][0])
+    assert torch.equal(image_cache.cached_split_arrays(sample_dir, manifest, 16, cache_dir)["train"][0], first["train"][0])
 
 
 def test_cache_key_changes_with_manifest_and_size(sample_dir, manifest, tmp_path, cache_dir):
     other = data.prepare_splits(sample_dir, tmp_path / "other", train=6, val=3, test=2, seed=1)
-    keys = {data.pixel_cache_key(manifest, 16), data.pixel_cache_key(manifest, 20), data.pixel_cache_key(other, 16)}
+    keys = {image_cache.pixel_cache_key(manifest, 16), image_cache.pixel_cache_key(manifest, 20), image_cache.pixel_cache_key(other, 16)}
     assert len(keys) == 3
-    a = data.cached_split_arrays(sample_dir, manifest, 16, cache_dir)
-    b = data.cached_split_arrays(sample_dir, other, 16, cache_dir)
+    a = image_cache.cached_split_arrays(sample_dir, manifest, 16, cache_dir)
+    b = image_cache.cached_split_arrays(sample_dir, other, 16, cache_dir)
     assert not torch.equal(a["train"][0], b["train"][0])
-    assert data.cached_split_arrays(sample_dir, manifest, 20, cache_dir)["train"][0].shape[-1] == 20
+    assert image_cache.cached_split_arrays(sample_dir, manifest, 20, cache_dir)["train"][0].shape[-1] == 20
 
 
 def test_cache_refuses_changed_files(small_dir, tmp_path, cache_dir):
     path = data.prepare_splits(small_dir, tmp_path / "s", train=4, val=1, test=1)
-    data.cached_split_arrays(small_dir, path, 16, cache_dir)
+    image_cache.cached_split_arrays(small_dir, path, 16, cache_dir)
     (small_dir / data.read_manifest(path)[0]["path"]).write_bytes(_jpeg_bytes())
     with pytest.raises(UserError, match="changed"):
-        data.cached_split_arrays(small_dir, path, 16, cache_dir)
+        image_cache.cached_split_arrays(small_dir, path, 16, cache_dir)
 
 
 def test_manifest_without_sha1_keys_on_file_stats(small_dir, tmp_path, cache_dir):
@@ -429,42 +460,54 @@ def test_manifest_without_sha1_keys_on_file_stats(small_dir, tmp_path, cache_dir
         writer = csv.DictWriter(f, ["path", "label", "split"])
         writer.writeheader()
         writer.writerows(rows)
-    before = data.cached_split_arrays(small_dir, path, 16, cache_dir)["train"][0]
+    before = image_cache.cached_split_arrays(small_dir, path, 16, cache_dir)["train"][0]
     target = small_dir / rows[0]["path"]
     target.write_bytes(_jpeg_bytes((30, 30), (0, 255, 0)))
-    after = data.cached_split_arrays(small_dir, path, 16, cache_dir)["train"][0]
+    after = image_cache.cached_split_arrays(small_dir, path, 16, cache_dir)["train"][0]
     assert not torch.equal(before[0], after[0])
     assert np.array_equal(after[0].permute(1, 2, 0).numpy(), preprocess.load_rgb_resized(target, 16))
 
 
 def test_image_tensor_dataset_with_augmentation(sample_dir, manifest, cache_dir):
-    pixels, labels = data.cached_split_arrays(sample_dir, manifest, 24, cache_dir)["train"]
-    plain = data.ImageTensorDataset(pixels, labels)
+    pixels, labels = image_cache.cached_split_arrays(sample_dir, manifest, 24, cache_dir)["train"]
+    plain = image_cache.ImageTensorDataset(pixels, labels)
     assert len(plain) == 60 and torch.equal(plain[3][0], pixels[3]) and plain[3][1] == labels[3]
-    augmented = data.ImageTensorDataset(pixels, labels, transform=data.train_augmentation(24))
+    augmented = image_cache.ImageTensorDataset(pixels, labels, transform=augment.train_augmentation(24))
     batch, target = next(iter(torch.utils.data.DataLoader(augmented, batch_size=8)))
     assert batch.dtype == torch.uint8 and batch.shape == (8, 3, 24, 24) and target.dtype == torch.int64
     with pytest.raises(ValueError):
-        data.ImageTensorDataset(pixels, labels[:-1])
+        image_cache.ImageTensorDataset(pixels, labels[:-1])
 
 
 def test_batch_augmentation_draws_per_image_and_is_seeded():
     image = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8)
     batch = image.expand(6, 3, 40, 40).contiguous()
-    augment = data.batch_augmentation(32)
+    augmentation = augment.batch_augmentation(32)
     torch.manual_seed(0)
-    out = augment(batch)
+    out = augmentation(batch)
     assert out.dtype == torch.uint8 and out.shape == (6, 3, 32, 32)
     # The same image six times gets six different augmentations (v2 on a batch would repeat one).
     assert len({bytes(o.numpy()) for o in out}) == 6
     torch.manual_seed(0)
-    assert torch.equal(augment(batch), out)
-    assert augment(image).shape == (3, 32, 32)
-    assert "RandomResizedCrop" in repr(augment)
+    assert torch.equal(augmentation(batch), out)
+    assert augmentation(image).shape == (3, 32, 32)
+    assert "RandomResizedCrop" in repr(augmentation)  # the report's notebook prints it as the recipe
 
 
-def test_batch_augmentation_without_randomness_is_a_resize():
-    flat = torch.full((2, 3, 40, 40), 100, dtype=torch.uint8)
-    still = data.BatchAugment(20, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=0.0, brightness=0, contrast=0,
-                              saturation=0)
-    assert torch.equal(still(flat), torch.full((2, 3, 20, 20), 100, dtype=torch.uint8))
+def test_batch_augmentation_keeps_the_content_of_each_image():
+    batch = _two_halves().expand(16, 3, 40, 40).contiguous()
+    torch.manual_seed(0)
+    out = augment.batch_augmentation(32)(batch)
+    assert {_orientation(o) for o in out} == {"red|blue", "blue|red"}  # flipped per image, content kept
+
+
+def test_batch_augmentation_without_randomness_is_a_resize_or_a_mirror():
+    """With the random parts fixed, the per-image crop is exactly a bilinear resize (and a flip its mirror)."""
+    image = torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)
+    fixed = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), brightness=0, contrast=0, saturation=0)
+    resized = torch.nn.functional.interpolate(image.float(), size=(20, 20), mode="bilinear", align_corners=False)
+    expected = resized.round().clamp(0, 255).to(torch.uint8)
+    still = augment.BatchAugment(20, flip=0.0, **fixed)(image)
+    assert (still.int() - expected.int()).abs().max() <= 1
+    mirrored = augment.BatchAugment(20, flip=1.0, **fixed)(image)
+    assert (mirrored.int() - expected.flip(-1).int()).abs().max() <= 1

