@@ -426,7 +426,7 @@ def test_cache_is_reused_without_decoding(sample_dir, manifest, cache_dir, monke
     assert [f.name for f in files] == ["test.arrow", "train.arrow", "val.arrow"]
     mtimes = [f.stat().st_mtime_ns for f in files]
     calls = []
-    monkeypatch.setattr(data, "load_rgb_resized", lambda *a: calls.append(a))
+    monkeypatch.setattr(preprocess, "load_rgb_resized", lambda *a: calls.append(a))
     second = image_cache.cached_split_arrays(sample_dir, manifest, 16, cache_dir)
     assert calls == [] and [f.stat().st_mtime_ns for f in files] == mtimes
     for split in data.SPLITS:
