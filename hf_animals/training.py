@@ -133,7 +133,7 @@ class TrainingSetup:
     preprocessing: preprocess.Preprocessing  # size, resize, mean/std: saved into the model's pretrained_cfg
     arrays: dict  # {split: (uint8 pixels, labels)}: the decoded-image cache, read again by the test evaluation
     model: torch.nn.Module  # the full, unwrapped model: what the best checkpoint saves
-    regime: Any  # what models.apply_regime unfroze, as it returned it
+    regime: hfmodels.Unfrozen  # what models.apply_regime unfroze, as it returned it
     train_module: torch.nn.Module  # prepared module that is stepped: the model, or its trainable suffix
     val_module: torch.nn.Module
     train_loader: DataLoader
@@ -427,7 +427,7 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
         "model": cfg.model,
         "unfreeze": cfg.unfreeze,
         "pretrained_source": s.model.pretrained_source,
-        **regime_record(s.regime, s.model),
+        **regime_record(s.regime),
         "train_time_s": state.train_time_s,
         "time_to_best_s": state.time_to_best_s,
         "feature_cache_s": state.cache_s,
@@ -457,12 +457,10 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
     }
 
 
-def regime_record(regime, model: torch.nn.Module) -> dict:
+def regime_record(regime: hfmodels.Unfrozen) -> dict:
     """run.json's account of what trained, from the regime `models.apply_regime` applied (never re-derived from
-    requires_grad). head_only: the classifier and nothing else, by the catalogue's one rule."""
-    trainable = list(regime.trainable_modules)
-    head = hfmodels._classifier_name(model)
-    return {"head_only": catalogue.is_head_only(",".join(trainable), head), "trainable_modules": trainable,
+    requires_grad)."""
+    return {"head_only": regime.head_only, "trainable_modules": list(regime.trainable_modules),
             "frozen_modules": list(regime.frozen_modules)}
 
 
