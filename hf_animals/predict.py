@@ -93,10 +93,14 @@ class Predictor:
 
 def load_predictor(source: str | os.PathLike, *, device: str | torch.device | None = None,
                    batch_size: int = 64) -> Predictor:
-    """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR' or 'hf-hub:USER/NAME'.
+    """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR', 'hf-hub:USER/NAME' or an exported .onnx.
 
     Image size: config.json's hf_animals.image_size (what training used), else the pretrained_cfg input size.
     """
+    from . import onnx_model  # an exported file: same Predictor, the model runs in onnxruntime
+
+    if onnx_model.is_onnx_file(source):
+        return onnx_model.load_onnx_predictor(source, device=device, batch_size=batch_size)
     model, class_names = hfmodels.load_model(source)
     config = saved_config(source)
     dcfg = hfmodels.data_config(model)
@@ -349,3 +353,28 @@ def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: 
                                  label_column=label_column, id_from=id_from, sample_submission=sample_submission,
                                  probabilities=probabilities)
     return PredictResult(write_csv(submission, output), submission, prediction, predictor)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A run's own split (scripts/export.py checks the ONNX file on it; the app shows its images as examples)
+# ----------------------------------------------------------------------------------------------------------------
+def run_split_images(run_dir: str | os.PathLike, split: str = "test",
+                     data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """[(image file, label)] of one split of a run's splits.csv, in manifest order, every file checked (sha1).
+
+    The data folder: `data_dir`, else run.json's --data-dir, else the one recorded in splits.json.
+    """
+    from .hub import splits_file
+
+    run_dir = Path(run_dir)
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{run_dir} is not a run folder (cannot read run.json: {err})") from None
+    manifest = splits_file(run_dir, run)
+    if manifest is None:
+        raise UserError(f"{run_dir} has no splits.csv (nor does run.json name one)")
+    root = data_dir or (run.get("args") or {}).get("data_dir")
+    rows = hfdata.read_manifest(manifest, root, verify=True)
+    root = Path(root) if root else hfdata._manifest_data_dir(manifest, None)
+    return [(root / r["path"], r["label"]) for r in rows if r["split"] == split]
