@@ -112,7 +112,7 @@ class OnnxClassifier(torch.nn.Module):
 
 
 def load_onnx_predictor(path: str | os.PathLike, *, device: str | torch.device | None = None,
-                        batch_size: int = 64, threads: int | None = None):
+                        batch_size: int = 64, threads: int | None = None, tta: bool = False):
     """A `predict.Predictor` whose model is the ONNX file (CPU): same preprocessing, same outputs as PyTorch."""
     from .predict import Predictor
 
@@ -121,4 +121,5 @@ def load_onnx_predictor(path: str | os.PathLike, *, device: str | torch.device |
     metadata = read_metadata(path)
     model = OnnxClassifier(path, metadata, threads)
     return Predictor(model.eval(), list(metadata["class_names"]), int(metadata["image_size"]),
-                     tuple(metadata["mean"]), tuple(metadata["std"]), torch.device("cpu"), str(path), batch_size)
+                     tuple(metadata["mean"]), tuple(metadata["std"]), torch.device("cpu"), str(path), batch_size,
+                     tta)

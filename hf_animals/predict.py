@@ -69,15 +69,19 @@ class Predictor:
     device: torch.device
     source: str
     batch_size: int = 64
+    tta: bool = False  # test-time augmentation: the mean of the softmax of each image and of its mirror image
 
     @torch.no_grad()
     def predict_pixels(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
         """(N, classes) float32 probabilities on the CPU for uint8 (N, 3, S, S) images, in batches."""
         out = []
         for i in range(0, len(pixels_uint8), self.batch_size):
-            x = pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True)
-            logits = self.model(hfdata.normalize_batch(x, self.mean, self.std))
-            out.append(logits.float().softmax(1).cpu())
+            x = hfdata.normalize_batch(pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True),
+                                       self.mean, self.std)
+            probs = self.model(x).float().softmax(1)
+            if self.tta:
+                probs = (probs + self.model(x.flip(3)).float().softmax(1)) / 2
+            out.append(probs.cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def load_pixels(self, path: str | os.PathLike) -> torch.Tensor:
@@ -92,7 +96,7 @@ class Predictor:
 
 
 def load_predictor(source: str | os.PathLike, *, device: str | torch.device | None = None,
-                   batch_size: int = 64) -> Predictor:
+                   batch_size: int = 64, tta: bool = False) -> Predictor:
     """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR', 'hf-hub:USER/NAME' or an exported .onnx.
 
     Image size: config.json's hf_animals.image_size (what training used), else the pretrained_cfg input size.
@@ -100,7 +104,7 @@ def load_predictor(source: str | os.PathLike, *, device: str | torch.device | No
     from . import onnx_model  # an exported file: same Predictor, the model runs in onnxruntime
 
     if onnx_model.is_onnx_file(source):
-        return onnx_model.load_onnx_predictor(source, device=device, batch_size=batch_size)
+        return onnx_model.load_onnx_predictor(source, device=device, batch_size=batch_size, tta=tta)
     model, class_names = hfmodels.load_model(source)
     config = saved_config(source)
     dcfg = hfmodels.data_config(model)
@@ -109,7 +113,7 @@ def load_predictor(source: str | os.PathLike, *, device: str | torch.device | No
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available")
     return Predictor(model.to(device).eval(), list(class_names), int(size), tuple(dcfg["mean"]), tuple(dcfg["std"]),
-                     device, str(source), batch_size)
+                     device, str(source), batch_size, tta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
