@@ -395,6 +395,11 @@ def _manifest_data_dir(manifest_path: Path, data_dir) -> Path:
     return manifest_path.parent
 
 
+def manifest_data_dir(manifest_path, data_dir=None) -> Path:
+    """The image folder of a manifest: `data_dir` if given, else the one splits.json records, else its folder."""
+    return _manifest_data_dir(Path(manifest_path), data_dir)
+
+
 def read_manifest_info(manifest_path) -> dict | None:
     """The splits.json written next to a manifest by prepare_splits (options, skipped, duplicates), if any."""
     info = Path(manifest_path).with_name(MANIFEST_INFO_NAME)

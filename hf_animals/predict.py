@@ -378,7 +378,6 @@ def run_split_images(run_dir: str | os.PathLike, split: str = "test",
     manifest = splits_file(run_dir, run)
     if manifest is None:
         raise UserError(f"{run_dir} has no splits.csv (nor does run.json name one)")
-    root = data_dir or (run.get("args") or {}).get("data_dir")
+    root = hfdata.manifest_data_dir(manifest, data_dir or (run.get("args") or {}).get("data_dir"))
     rows = hfdata.read_manifest(manifest, root, verify=True)
-    root = Path(root) if root else hfdata._manifest_data_dir(manifest, None)
     return [(root / r["path"], r["label"]) for r in rows if r["split"] == split]
