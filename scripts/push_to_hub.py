@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--run", help="a finished run folder (train.py --output-dir)")
     what.add_argument("--study", help="a finished study folder: pushes study.json's best run of every family")
     what.add_argument("--space", metavar="USER/NAME", help="a Gradio Space serving the model --repo-id (pushed before)")
-    what.add_argument("--dataset", metavar="USER/NAME", help="the split of --splits as a dataset (train/validation/test)")
+    what.add_argument("--dataset", metavar="USER/NAME",
+                      help="the split of --splits as a dataset (train/validation/test)")
     p.add_argument("--repo-id", help="USER/NAME: the model repo (with --run, or the model --space serves)")
     p.add_argument("--splits", help="splits.csv of prepare_data.py (with --dataset)")
     p.add_argument("--data-dir", help="its image folder (default: the one recorded in splits.json)")
