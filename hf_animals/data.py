@@ -386,7 +386,9 @@ def _sha1_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def manifest_data_dir(manifest_path: Path, data_dir) -> Path:
+def manifest_data_dir(manifest_path, data_dir=None) -> Path:
+    """The image folder of a manifest: `data_dir` if given, else the one splits.json records, else its folder."""
+    manifest_path = Path(manifest_path)
     if data_dir is not None:
         return Path(data_dir)
     info = read_manifest_info(manifest_path)

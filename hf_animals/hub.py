@@ -368,18 +368,22 @@ def check_hub_access(token: str | None = None, timeout: float = 5.0) -> tuple[st
     return token, response.json().get("name", "")
 
 
-def push_folder(folder: Path, repo_id: str, *, token: str, private: bool, message: tuple[str, str]) -> str:
-    """create_repo (if needed) + upload_folder as one commit that mirrors the folder; returns the commit URL."""
+def push_folder(folder: Path, repo_id: str, *, token: str, private: bool, message: tuple[str, str],
+                repo_type: str = "model") -> str:
+    """create_repo (if needed) + upload_folder as one commit that mirrors the folder; returns the commit URL.
+
+    repo_type "space" creates a Gradio Space (hub_extras.push_space)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type,
+                        space_sdk="gradio" if repo_type == "space" else None)
         # delete_patterns="*": files of an earlier push that this one lacks go in the same commit (.gitattributes
         # is always kept by huggingface_hub), so the repo shows exactly this run.
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=message[0],
-                                 commit_description=message[1], delete_patterns="*", repo_type="model")
+                                 commit_description=message[1], delete_patterns="*", repo_type=repo_type)
     except Exception as err:
         if not (isinstance(err, (HfHubHTTPError, OSError)) or type(err).__module__.startswith("httpx")):
             raise  # a bug, not the Hub or the network: keep the traceback

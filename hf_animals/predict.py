@@ -73,6 +73,7 @@ class Predictor:
     source: str
     batch_size: int = 64
     label_folders: list[str] | None = None  # label index -> class folder name in the training data, when recorded
+    tta: bool = False  # test-time augmentation: the mean of the softmax of each image and of its mirror image
 
     @property
     def image_size(self) -> int:
@@ -91,9 +92,11 @@ class Predictor:
         """(N, classes) float32 probabilities on the CPU for uint8 (N, 3, S, S) images, in batches."""
         out = []
         for i in range(0, len(pixels_uint8), self.batch_size):
-            x = pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True)
-            logits = self.model(self.preprocessing.normalize(x))
-            out.append(logits.float().softmax(1).cpu())
+            x = self.preprocessing.normalize(pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True))
+            probs = self.model(x).float().softmax(1)
+            if self.tta:
+                probs = (probs + self.model(x.flip(3)).float().softmax(1)) / 2
+            out.append(probs.cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def load_pixels(self, path: str | os.PathLike) -> torch.Tensor:
@@ -108,12 +111,16 @@ class Predictor:
 
 
 def load_predictor(source: str | os.PathLike, *, device: str | torch.device | None = None,
-                   batch_size: int = 64) -> Predictor:
-    """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR' or 'hf-hub:USER/NAME'.
+                   batch_size: int = 64, tta: bool = False) -> Predictor:
+    """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR', 'hf-hub:USER/NAME' or an exported .onnx.
 
     Preprocessing: the model's pretrained_cfg only (where training wrote it, and where timm reads it); label folder
     names: config.json's `label_folders` (absent in models saved before they were recorded).
     """
+    from . import onnx_model  # an exported file: same Predictor, the model runs in onnxruntime
+
+    if onnx_model.is_onnx_file(source):
+        return onnx_model.load_onnx_predictor(source, device=device, batch_size=batch_size, tta=tta)
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available")
@@ -122,7 +129,7 @@ def load_predictor(source: str | os.PathLike, *, device: str | torch.device | No
     folders = saved_config(source).get("label_folders")
     label_folders = list(folders) if folders and len(folders) == len(class_names) else None
     return Predictor(model.to(device).eval(), list(class_names), preprocessing, device, str(source), batch_size,
-                     label_folders)
+                     label_folders, tta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -376,3 +383,27 @@ def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: 
                                  label_column=label_column, id_from=id_from, sample_submission=sample_submission,
                                  probabilities=probabilities)
     return PredictResult(write_csv(submission, output), submission, prediction, predictor)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A run's own split (scripts/export.py checks the ONNX file on it; the app shows its images as examples)
+# ----------------------------------------------------------------------------------------------------------------
+def run_split_images(run_dir: str | os.PathLike, split: str = "test",
+                     data_dir: str | os.PathLike | None = None) -> list[tuple[Path, str]]:
+    """[(image file, label)] of one split of a run's splits.csv, in manifest order, every file checked (sha1).
+
+    The data folder: `data_dir`, else run.json's --data-dir, else the one recorded in splits.json.
+    """
+    from .hub import splits_file
+
+    run_dir = Path(run_dir)
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{run_dir} is not a run folder (cannot read run.json: {err})") from None
+    manifest = splits_file(run_dir, run)
+    if manifest is None:
+        raise UserError(f"{run_dir} has no splits.csv (nor does run.json name one)")
+    root = hfdata.manifest_data_dir(manifest, data_dir or (run.get("args") or {}).get("data_dir"))
+    rows = hfdata.read_manifest(manifest, root, verify=True)
+    return [(root / r["path"], r["label"]) for r in rows if r["split"] == split]

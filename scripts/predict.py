@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Predict a folder of images with a saved model and write a Kaggle submission CSV.
 
---model: a run folder, a folder saved by this project, or hf-hub:USER/NAME; classes and preprocessing come from its
-config.json. Default output: header ID,Label, ids = file names without extension in numeric order (2 before 10),
-labels = the class folder names of the training data (cane, cavallo, ... for Animals-10). --sample-submission
-copies a given header and order.
+--model: a run folder, a folder saved by this project, hf-hub:USER/NAME, or a .onnx file from scripts/export.py;
+classes and preprocessing come from its config.json (or the .onnx file's metadata). Default output: header ID,Label,
+ids = file names without extension in numeric order (2 before 10), labels = the class folder names of the training
+data (cane, cavallo, ... for Animals-10). --sample-submission copies a given header and order.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from hf_animals import cli, predict  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="run folder, saved-model folder, local-dir:DIR or hf-hub:USER/NAME")
+    p.add_argument("--model", required=True,
+                   help="run folder, saved-model folder, local-dir:DIR, hf-hub:USER/NAME or an exported .onnx file")
     p.add_argument("--images", required=True, help="folder of images (searched recursively; other files ignored)")
     p.add_argument("--output", default="submission.csv", help="CSV to write (default %(default)s)")
     p.add_argument("--label-language", choices=predict.LABEL_LANGUAGES, default=predict.DEFAULT_LABEL_LANGUAGE,
