@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import onnx_model
+from . import catalogue, onnx_model
 from .errors import UserError
 from .predict import Predictor, load_predictor, run_split_images
 
@@ -82,13 +82,12 @@ def model_record(source: str | os.PathLike) -> ModelRecord:
 
 def summary_markdown(predictor: Predictor, record: ModelRecord) -> str:
     """A few lines: what the model is, how it was trained, how well it did on its held-out test split."""
-    from .hub import weights_of
-
     lines = []
     run, metrics = record.run or {}, record.metrics or {}
     architecture = run.get("model") or predictor.model.pretrained_cfg.get("architecture", "model")
     if run:
-        lines.append(f"**{architecture}**, regime `{run.get('unfreeze')}`, weights: {weights_of(run).label}.")
+        lines.append(f"**{architecture}**, regime `{run.get('unfreeze')}`, weights: "
+                     f"{catalogue.weight_source(run.get('pretrained_source', ''), run.get('model', '')).label}.")
     else:
         lines.append(f"**{architecture}**.")
     if metrics.get("accuracy") is not None:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from . import data as hfdata
 from .errors import UserError
-from .hub import PROJECT_LICENSE, check_hub_access, check_repo_id, push_folder
+from .catalogue import PROJECT_LICENSE
+from .hub import check_hub_access, check_repo_id, push_folder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SPACE_REQUIREMENTS = ("torch", "torchvision", "timm", "huggingface_hub", "safetensors", "numpy")
