@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as hfdata
+from . import locking
 from . import models as hfmodels
 from . import plots
 from . import training
@@ -178,7 +179,11 @@ def run_study(cfg: StudyConfig) -> Path:
     unknown = set(cfg.families) - {r.family for r in PROTOCOL}
     if unknown:
         raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {sorted({r.family for r in PROTOCOL})}")
-    out.mkdir(parents=True, exist_ok=True)
+    with locking.hold_folder(cfg.output_dir, what="study"):  # one study per folder; each run also locks its own
+        return _run_locked_study(cfg, out)
+
+
+def _run_locked_study(cfg: StudyConfig, out: Path) -> Path:
     manifest = study_manifest(cfg, out)
 
     sweep = sweep_specs(cfg) if "scratch" in cfg.families else []

@@ -12,7 +12,6 @@ import math
 import os
 import platform
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from . import data as hfdata
+from . import faults, locking
 from . import metrics as hfmetrics
 from . import models as hfmodels
 from . import plots
@@ -136,7 +136,7 @@ def _claim_output_dir(cfg: TrainConfig) -> Path:
         raise UserError("--output-dir is required")
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
+    if locking.folder_entries(out) and not cfg.resume:  # its lock file is not content
         if not cfg.overwrite:
             raise UserError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
         if not any((out / name).exists() for name in (*RUN_FILES, CHECKPOINT_DIR, "splits.csv")):
@@ -265,16 +265,13 @@ def train(cfg: TrainConfig) -> dict:
     """Train, validate every epoch, keep the best checkpoint, evaluate it on the test split; return run.json.
 
     A run that fails before finishing an epoch leaves no folder behind if it created it (only its own split was
-    there); an earlier run is never touched.
+    there); an earlier run is never touched. One writer per run folder: a second one gets a UserError naming the
+    process that holds it. Ctrl-C and an unwritable output say what was kept (see `faults`).
     """
-    fresh = not Path(cfg.output_dir).exists()
-    try:
+    out = Path(cfg.output_dir)
+    with faults.explain_failures(out, out / CHECKPOINT_DIR / STATE_FILE, cfg.epochs), \
+            locking.hold_folder(cfg.output_dir, keep=has_checkpoint, what="run"):
         return _train(cfg)
-    except BaseException:
-        out = Path(cfg.output_dir)
-        if fresh and out.is_dir() and not has_checkpoint(out):
-            shutil.rmtree(out, ignore_errors=True)  # ignore: another process may be removing it too
-        raise
 
 
 def _train(cfg: TrainConfig) -> dict:
@@ -289,7 +286,7 @@ def _train(cfg: TrainConfig) -> dict:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     if accelerator.is_main_process:
         if cfg.overwrite and not cfg.resume and out.exists():
-            shutil.rmtree(out)
+            locking.clear_folder(out)  # keeps the lock this run holds
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     manifest = _manifest_for(cfg, out, accelerator)
@@ -448,10 +445,12 @@ def _train(cfg: TrainConfig) -> dict:
             f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
             f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f}s")
-        accelerator.save_state(str(out / CHECKPOINT_DIR))
-        row["checkpoint_s"] = time.perf_counter() - t_save  # best model + resume state, outside epoch_time_s
+        with faults.staged_folder(out / CHECKPOINT_DIR, accelerator) as staging:  # the old one stays until whole
+            accelerator.save_state(str(staging))
+            row["checkpoint_s"] = time.perf_counter() - t_save  # best model + resume state, outside epoch_time_s
+            if accelerator.is_main_process:
+                _write_json(staging / STATE_FILE, state)
         if accelerator.is_main_process:
-            _write_json(out / CHECKPOINT_DIR / STATE_FILE, state)
             write_history(out, state["history"])
         accelerator.wait_for_everyone()
 
