@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hf_animals import report, study, training
+from hf_animals import locking, report, study, training
 from hf_animals.errors import UserError
 
 
@@ -122,3 +122,10 @@ def test_explicit_hub_weights_offline_are_an_error_not_a_fallback(sample_dir, ca
 def test_unknown_family_is_a_clear_error(sample_dir, cache_dir, tmp_path):
     with pytest.raises(UserError, match="vgg"):
         study.run_study(tiny_config(sample_dir, tmp_path / "s", cache_dir, families=("vgg",)))
+
+
+def test_a_study_folder_in_use_is_refused(sample_dir, cache_dir, tmp_path):
+    with locking.hold_folder(tmp_path / "s", what="study"):
+        with pytest.raises(UserError, match="in use by another study"):
+            study.run_study(tiny_config(sample_dir, tmp_path / "s", cache_dir, families=("scratch",)))
+        assert locking.folder_entries(tmp_path / "s") == []
