@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import catalogue, checkpoints, plots, preprocess, runs, training, weights
 from . import data as hfdata
+from . import locking
 from .dataset_info import describe_split
 from .errors import UserError
 
@@ -138,7 +139,11 @@ def run_study(cfg: StudyConfig) -> Path:
     unknown = set(cfg.families) - set(known)
     if unknown:
         raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {known}")
-    out.mkdir(parents=True, exist_ok=True)
+    with locking.hold_folder(cfg.output_dir, what="study"):  # one study per folder; each run also locks its own
+        return _run_locked_study(cfg, out)
+
+
+def _run_locked_study(cfg: StudyConfig, out: Path) -> Path:
     manifest = study_manifest(cfg, out)
 
     sweep = sweep_specs(cfg) if "scratch" in cfg.families else []

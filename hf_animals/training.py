@@ -17,7 +17,6 @@ import dataclasses
 import math
 import platform
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import augment as hfaugment
-from . import catalogue, checkpoints, evaluation, image_cache, plots, preprocess, run_data, runs
+from . import catalogue, checkpoints, evaluation, faults, image_cache, locking, plots, preprocess, run_data, runs
 from . import data as hfdata
 from . import models as hfmodels
 from .errors import UserError
@@ -153,23 +152,27 @@ def train(cfg: TrainConfig, data_source: DataSource | None = None) -> dict:
     """Train, validate every epoch, keep the best model, evaluate it on the test split; return run.json.
 
     A run that fails before finishing an epoch leaves no folder behind if it created it (only its own split was
-    there); an earlier run is never touched. `data_source` swaps in another train/val pipeline (the benchmark).
+    there); an earlier run is never touched. One writer per run folder: a second one gets a UserError naming the
+    process that holds it. Ctrl-C and an unwritable output say what was kept (see `faults`). `data_source` swaps in
+    another train/val pipeline (the benchmark).
     """
+    out = Path(cfg.output_dir)
+    with faults.explain_failures(out, cfg.epochs), \
+            locking.hold_folder(cfg.output_dir, keep=checkpoints.has_checkpoint, what="run"):
+        return _train_locked(cfg, data_source)
+
+
+def _train_locked(cfg: TrainConfig, data_source: DataSource | None) -> dict:
+    """`train` while holding the run folder's lock: claim it, set up, run the epochs, finalise."""
     out = _claim_output_dir(cfg)
     if cfg.resume and runs.is_complete(out):
         return runs.read_json(out / runs.RUN_JSON)
-    fresh = not out.exists()
-    try:
-        s = setup(cfg, out, data_source)
-        state = resume_state(s)
-        _announce(s)
-        if not run_epochs(s, state):
-            return {}
-        return finalise(s, state)
-    except BaseException:
-        if fresh and out.is_dir() and not checkpoints.has_checkpoint(out):
-            shutil.rmtree(out, ignore_errors=True)  # ignore: another process may be removing it too
-        raise
+    s = setup(cfg, out, data_source)
+    state = resume_state(s)
+    _announce(s)
+    if not run_epochs(s, state):
+        return {}
+    return finalise(s, state)
 
 
 def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) -> TrainingSetup:
@@ -181,7 +184,7 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     if accelerator.is_main_process:
         if cfg.overwrite and not cfg.resume and out.exists():
-            shutil.rmtree(out)
+            locking.clear_folder(out)  # keeps the lock this run holds
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     manifest = run_data.manifest_for(cfg, out, accelerator)
@@ -298,9 +301,10 @@ def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
             f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
         t_save = time.perf_counter()
-        if improved and accelerator.is_main_process:
-            save_best_model(s)
-        checkpoints.save(accelerator, s.out, state, started=t_save)
+        with faults.diagnosed_writes(s.out):  # a full disk is reported as such, whichever library hit it
+            if improved and accelerator.is_main_process:
+                save_best_model(s)
+            checkpoints.save(accelerator, s.out, state, started=t_save)
         if accelerator.is_main_process:
             runs.write_history(s.out, state.history)
     return True
@@ -476,7 +480,7 @@ def _claim_output_dir(cfg: TrainConfig) -> Path:
         raise UserError("--output-dir is required")
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
+    if locking.folder_entries(out) and not cfg.resume:  # its lock file is not content
         if not cfg.overwrite:
             raise UserError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
         if not any((out / name).exists() for name in (*runs.RUN_FILES, runs.CHECKPOINT_DIR, runs.SPLITS_FILE)):
