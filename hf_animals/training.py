@@ -11,7 +11,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import sys
 import time
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import costs
 from . import data as hfdata
 from . import metrics as hfmetrics
 from . import models as hfmodels
@@ -184,13 +184,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """GPU: max_memory_allocated; otherwise the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Data for one run
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,6 +278,7 @@ def _train(cfg: TrainConfig) -> dict:
     if cfg.resume and is_run_complete(out):
         return json.loads((out / "run.json").read_text())
     accelerator = make_accelerator(cfg)
+    memory = costs.PeakMemory(accelerator.device)  # [costs] this run's own peak, not the process's so far
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     if accelerator.is_main_process:
@@ -305,8 +299,9 @@ def _train(cfg: TrainConfig) -> dict:
     dcfg = hfmodels.data_config(model)
     image_size = cfg.image_size or int(dcfg["input_size"][-1])
     with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
-        arrays = hfdata.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
-                                            verify=False)  # _manifest_for verified (or just wrote) it
+        arrays, image_cache_s = costs.timed(  # [costs] one-time: decode (or read back) the image cache
+            hfdata.cached_split_arrays, cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
+            verify=False)  # _manifest_for verified (or just wrote) it
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -358,7 +353,7 @@ def _train(cfg: TrainConfig) -> dict:
     accelerator.register_for_checkpointing(scheduler)
 
     state = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "history": [], "train_time_s": 0.0,
-             "time_to_best_s": 0.0, "cache_s": cache_s}
+             "time_to_best_s": 0.0, "cache_s": cache_s, "image_cache_s": image_cache_s}
     if cfg.resume and has_checkpoint(out):
         accelerator.load_state(str(out / CHECKPOINT_DIR))
         state = json.loads((out / CHECKPOINT_DIR / STATE_FILE).read_text())
@@ -467,10 +462,11 @@ def _train(cfg: TrainConfig) -> dict:
             "pretrained_source": model.pretrained_source,
             "train_time_s": state["train_time_s"],
             "time_to_best_s": state["time_to_best_s"],
-            "feature_cache_s": state.get("cache_s", 0.0),
+            **costs.cost_totals(state.get("image_cache_s", 0.0), state.get("cache_s", 0.0),  # [costs]
+                                state["train_time_s"]),
             "epochs_run": state["epoch"],
             "images_per_s": _mean([r["images_per_s"] for r in state["history"]]),
-            "peak_memory_mb": peak_memory_mb(accelerator.device),
+            **memory.stop(),  # [costs] peak_memory_mb, peak_rss_mb, rss_at_start_mb, peak_memory_method
             "params_total": total_params,
             "params_trainable": trainable_params,
             "backbone_lr_scale": backbone_scale,  # effective: 1 for scratch / random-init networks
@@ -479,6 +475,7 @@ def _train(cfg: TrainConfig) -> dict:
             "test_accuracy": metrics["accuracy"],
             "checkpoint_bytes": (out / "model.safetensors").stat().st_size,
             "latency_ms_per_image": metrics.get("latency_ms_per_image"),
+            "latency": metrics.get("latency"),  # [costs] batch 1 and 32: median, spread, threads
             "image_size": image_size,
             "class_names": class_names,
             "device": str(accelerator.device),
@@ -585,22 +582,6 @@ def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, ba
     return p.argmax(1), p
 
 
-def latency_ms_per_image(model: torch.nn.Module, pixels: torch.Tensor, device, n: int = 8) -> float:
-    """Single-image inference latency (batch 1, after one warm-up), as a deployment would see it."""
-    model = model.to(device).eval()
-    sample = pixels[:n].to(device)
-    with torch.no_grad():
-        model(sample[:1])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(len(sample)):
-            model(sample[i:i + 1])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / max(1, len(sample)) * 1000
-
-
 def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig | None = None, accelerator=None,
                  arrays=None, data_dir: str | None = None) -> dict:
     """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots."""
@@ -630,7 +611,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig |
     preds, _ = predict_arrays(net, pixels, accelerator)
     metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
     metrics["split"] = split
-    metrics["latency_ms_per_image"] = latency_ms_per_image(net, pixels, accelerator.device)
+    metrics["latency"] = costs.measure_latency(net, pixels, accelerator.device)  # [costs]
+    metrics["latency_ms_per_image"] = metrics["latency"]["ms_per_image"]  # the batch-1 median
     if accelerator.is_main_process:
         suffix = "" if split == "test" else f"_{split}"
         _write_json(run_dir / f"metrics{suffix}.json", metrics)
