@@ -3,7 +3,7 @@
 Three measurements, each a mechanism of its own, and the columns the study's comparison shows from them:
 
 - `PeakMemory`: the run's own peak memory (not the process's lifetime peak) on CPU and GPU.
-- `measure_latency`: inference time with an adaptive number of repeats, its median and spread, at batch 1 and 32,
+- `measure_latency`: inference time with an adaptive number of repeats (torch.utils.benchmark), its median and spread, at batch 1 and 32,
   with the thread count it ran under.
 - `timed` / `cost_totals`: one-time costs (decoded-image cache, frozen-prefix feature cache) next to the training
   time, and their total, which every efficiency statement should use.
@@ -26,7 +26,7 @@ from .errors import UserError
 
 MB = 2**20
 LATENCY_BATCH_SIZES = (1, 32)
-LATENCY_METHOD = "torch.utils.benchmark.Timer.blocked_autorange"
+LATENCY_METHOD = "torch.utils.benchmark.Timer.adaptive_autorange"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,14 +168,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor, *, min_run_time: float = 0.3,
-                 min_repeats: int = 5) -> dict[str, Any]:
-    """Median and spread of `model(x)` (no grad), repeated adaptively until both enough time and repeats are in.
+def time_forward(model: torch.nn.Module, x: torch.Tensor, *, threshold: float = 0.1, min_run_time: float = 0.2,
+                 max_run_time: float = 2.0, min_repeats: int = 4) -> dict[str, Any]:
+    """Median and spread of `model(x)` (no grad), repeated until the spread settles or the time budget is spent.
 
-    `Timer.blocked_autorange` picks how many calls make one timed block (so timer and synchronisation overhead is
-    negligible) and repeats blocks for `min_run_time`; the run time is raised so that even a slow call (a large
-    batch on a CPU) gets at least `min_repeats` blocks - one block has no spread. Threads: the process's torch
-    thread count (Timer would otherwise pin 1), stated in the result.
+    `Timer.adaptive_autorange` is `blocked_autorange`'s loop with a stopping rule: it picks how many calls make one
+    timed block (so timer and synchronisation overhead is negligible), then times blocks until there are more than
+    3, `min_run_time` has passed and the interquartile range is below `threshold` x the median - or `max_run_time`
+    is spent (a busy machine). The budget is raised to fit `min_repeats` blocks of even a slow call (a large batch
+    on a CPU): one block has no spread. Threads: the process's torch thread count (Timer would otherwise pin 1),
+    stated in the result, as are the number of blocks and calls per block.
     """
     from torch.utils import benchmark
 
@@ -193,7 +195,8 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, *, min_run_time: float
     call_s = time.perf_counter() - t0
     threads = torch.get_num_threads()
     timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
-    m = timer.blocked_autorange(min_run_time=max(min_run_time, 1.1 * min_repeats * call_s))
+    m = timer.adaptive_autorange(threshold=threshold, min_run_time=min_run_time,
+                                 max_run_time=max(max_run_time, 1.2 * min_repeats * call_s))
     times = m.times
     return {"batch_size": len(x), "median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "min_ms": min(times) * 1e3,
             "max_ms": max(times) * 1e3, "repeats": len(times), "calls_per_repeat": m.number_per_run,
@@ -202,9 +205,10 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, *, min_run_time: float
 
 def measure_latency(model: torch.nn.Module, pixels: torch.Tensor, device: torch.device | str,
                     batch_sizes: tuple[int, ...] = LATENCY_BATCH_SIZES, **timing) -> dict[str, Any]:
-    """{"batch_1": {...}, "batch_32": {...}, "threads": n, "ms_per_image": batch-1 median}; each batch's entry as `time_forward` returns it, plus
-    `ms_per_image` and `images_per_s` (from the median). Batch 1 is a deployment's latency, batch 32 its
-    throughput."""
+    """{"batch_1": {...}, "batch_32": {...}, "threads": n, "ms_per_image": the batch-1 median}.
+
+    Each batch's entry is `time_forward`'s, plus `ms_per_image` and `images_per_s` (from the median). Batch 1 is
+    a deployment's latency, batch 32 its throughput; both on the same real images (`batch_of`)."""
     device = torch.device(device)
     model = model.to(device).eval()
     out: dict[str, Any] = {}
