@@ -176,7 +176,7 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, *, threshold: float = 
     timed block (so timer and synchronisation overhead is negligible), then times blocks until there are more than
     3, `min_run_time` has passed and the interquartile range is below `threshold` x the median - or `max_run_time`
     is spent (a busy machine). The budget is raised to fit `min_repeats` blocks of even a slow call (a large batch
-    on a CPU): one block has no spread. Threads: the process's torch thread count (Timer would otherwise pin 1),
+    on a CPU), and blocks are added if it still fell short: one block has no spread. Threads: the process's torch thread count (Timer would otherwise pin 1),
     stated in the result, as are the number of blocks and calls per block.
     """
     from torch.utils import benchmark
@@ -197,6 +197,10 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, *, threshold: float = 
     timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
     m = timer.adaptive_autorange(threshold=threshold, min_run_time=min_run_time,
                                  max_run_time=max(max_run_time, 1.2 * min_repeats * call_s))
+    raw = list(m.raw_times)
+    while len(raw) < min_repeats:  # the warm-up call underestimated (a busy machine): top up, same block size
+        raw += timer.timeit(m.number_per_run).raw_times
+    m = benchmark.Measurement(number_per_run=m.number_per_run, raw_times=raw, task_spec=m.task_spec)
     times = m.times
     return {"batch_size": len(x), "median_ms": m.median * 1e3, "iqr_ms": m.iqr * 1e3, "min_ms": min(times) * 1e3,
             "max_ms": max(times) * 1e3, "repeats": len(times), "calls_per_repeat": m.number_per_run,
