@@ -3,8 +3,8 @@
 Three measurements, each a mechanism of its own, and the columns the study's comparison shows from them:
 
 - `PeakMemory`: the run's own peak memory (not the process's lifetime peak) on CPU and GPU.
-- `measure_latency`: inference time with an adaptive number of repeats (torch.utils.benchmark), its median and spread, at batch 1 and 32,
-  with the thread count it ran under.
+- `measure_latency`: inference time with an adaptive number of repeats (torch.utils.benchmark), its median and
+  spread, at batch 1 and 32, with the thread count it ran under.
 - `timed` / `cost_totals`: one-time costs (decoded-image cache, frozen-prefix feature cache) next to the training
   time, and their total, which every efficiency statement should use.
 """
@@ -176,8 +176,9 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, *, threshold: float = 
     timed block (so timer and synchronisation overhead is negligible), then times blocks until there are more than
     3, `min_run_time` has passed and the interquartile range is below `threshold` x the median - or `max_run_time`
     is spent (a busy machine). The budget is raised to fit `min_repeats` blocks of even a slow call (a large batch
-    on a CPU), and blocks are added if it still fell short: one block has no spread. Threads: the process's torch thread count (Timer would otherwise pin 1),
-    stated in the result, as are the number of blocks and calls per block.
+    on a CPU), and blocks are added if it still fell short: one block has no spread. Threads: the process's torch
+    thread count (Timer would otherwise pin 1), stated in the result, as are the number of blocks and calls per
+    block.
     """
     from torch.utils import benchmark
 
@@ -256,10 +257,10 @@ TIME_MD = (("cache_s", "cache s"), ("total_s", "total s"))
 LATENCY_MD = (("latency_ms_per_image", "ms/img (b1)"), ("latency_iqr_ms", "± IQR"),
               ("throughput_img_s", "img/s (b32)"), ("latency_threads", "threads"))
 
-COLUMN_NOTE = ("cache s: one-time decoded-image and frozen-feature caches; total s = cache + train (compare costs on "
-               "this); peak MB: the run's own peak (GPU tensors, else process RSS during the run); ms/img (b1): median "
-               "batch-1 latency ± its interquartile range; img/s (b32): throughput at batch 32; threads: torch threads "
-               "during timing.")
+COLUMN_NOTE = ("cache s: one-time decoded-image and frozen-feature caches; total s = cache + train (compare costs "
+               "on this); peak MB: the run's own peak (GPU tensors, else process RSS during the run); ms/img (b1): "
+               "median batch-1 latency ± its interquartile range; img/s (b32): throughput at batch 32; threads: "
+               "torch threads during timing.")
 
 
 def comparison_costs(run: dict) -> dict[str, Any]:
