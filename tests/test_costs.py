@@ -48,6 +48,21 @@ def test_peak_memory_is_the_runs_own_alone_or_after_bigger_runs(tiny_then_study_
         assert run["peak_memory_mb"] >= run["rss_at_start_mb"] > 0 and run["peak_memory_method"]
 
 
+@pytest.mark.parametrize("kernel_peak", [True, False], ids=["kernel-high-water-mark", "sampling-thread"])
+def test_peak_memory_forgets_what_came_before(kernel_peak, monkeypatch):
+    if not kernel_peak:  # as where /proc/self/clear_refs cannot be written
+        monkeypatch.setattr(costs, "_reset_kernel_rss_peak", lambda: False)
+    first = costs.PeakMemory("cpu")
+    big = torch.ones(64 * 2**20)  # 256 MB, touched
+    time.sleep(0.2)  # lets the sampling thread see it (not a timing assertion)
+    del big
+    earlier = first.stop()
+    later = costs.PeakMemory("cpu").stop()
+    assert earlier["peak_memory_mb"] >= earlier["rss_at_start_mb"] + 200
+    assert later["peak_memory_mb"] < earlier["peak_memory_mb"] - 150
+    assert ("sampled" in later["peak_memory_method"]) != kernel_peak
+
+
 def test_comparison_shows_one_time_and_total_cost(tiny_then_study_then_tiny):
     _, study_dir, _ = tiny_then_study_then_tiny
     with open(study_dir / "comparison.csv", newline="") as fh:
