@@ -249,7 +249,7 @@ def comparison_row(spec: RunSpec, run: dict, selected: bool) -> dict:
         "params_total": run["params_total"], "params_trainable": run["params_trainable"],
         "checkpoint_mb": run["checkpoint_bytes"] / 2**20, "latency_ms_per_image": run["latency_ms_per_image"],
         "selected": selected,
-        **costs.comparison_costs(run),  # [costs] cache/total s, own peak memory, latency median + spread, threads
+        **costs.comparison_costs(run),  # [costs] cache/total s, latency median + spread, throughput, threads
     }
 
 
@@ -330,7 +330,8 @@ def comparison_markdown(rows: list[dict]) -> str:
         if row["selected"]:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nBold: the best run of its family by validation accuracy. " + costs.COLUMN_NOTE + "\n"
+    note = "Bold: the best run of its family by validation accuracy. " + costs.COLUMN_NOTE  # [costs] column note
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def _cell(value) -> str:
