@@ -32,7 +32,8 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)
     train_time_s: float = 0.0
     time_to_best_s: float = 0.0
-    cache_s: float = 0.0
+    cache_s: float = 0.0  # the frozen-prefix feature cache (run.json's feature_cache_s)
+    image_cache_s: float = 0.0  # the decoded-image cache (older checkpoints lack it: 0)
 
     def record(self, row: dict) -> bool:
         """Add one epoch's history row; True when its validation accuracy beats every earlier epoch."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
-import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import augment as hfaugment
-from . import catalogue, checkpoints, evaluation, faults, image_cache, locking, plots, preprocess, run_data, runs
+from . import catalogue, checkpoints, costs, evaluation, faults, image_cache, locking, plots, preprocess
+from . import run_data, runs, weights
 from . import data as hfdata
 from . import models as hfmodels
 from .errors import UserError
@@ -141,6 +141,8 @@ class TrainingSetup:
     scheduler: Any
     steps_per_epoch: int
     batch_augment: torch.nn.Module | None  # per-image augmentation of whole batches on the device
+    memory: costs.PeakMemory  # this run's own peak, started right after the accelerator
+    image_cache_s: float  # one-time cost of decoding (or reading back) the image cache
     feature_cache_s: float  # one-time cost of the frozen-prefix features (0 when not cached)
     cached_splits: tuple[str, ...]  # splits that train / validate on cached frozen-prefix features
 
@@ -180,6 +182,7 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     from accelerate.utils import set_seed
 
     accelerator = evaluation.make_accelerator(cfg.mixed_precision)
+    memory = costs.PeakMemory(accelerator.device)  # this run's own peak, not the process's so far
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     if accelerator.is_main_process:
@@ -198,8 +201,9 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     preprocessing = preprocess.Preprocessing.from_model(model, cfg.image_size)
     image_size = preprocessing.image_size
     with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
-        arrays = image_cache.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
-                                                 verify=False)  # manifest_for verified (or just wrote) it
+        arrays, image_cache_s = costs.timed(  # one-time: decode (or read back) the image cache
+            image_cache.cached_split_arrays, cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
+            verify=False)  # manifest_for verified (or just wrote) it
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     injected = data_source(cfg, rows, class_names, image_size) if data_source else None
@@ -225,7 +229,8 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     accelerator.register_for_checkpointing(scheduler)
     return TrainingSetup(cfg, accelerator, out, manifest, class_names, preprocessing, arrays, model, regime,
                          torch.compile(prepared) if cfg.compile else prepared, val_module, train_loader, val_loader,
-                         optimizer, scheduler, steps_per_epoch, batch_augment, split_data.feature_cache_s,
+                         optimizer, scheduler, steps_per_epoch, batch_augment, memory, image_cache_s,
+                         split_data.feature_cache_s,
                          split_data.cached_splits)
 
 
@@ -401,7 +406,7 @@ def resume_state(s: TrainingSetup) -> checkpoints.TrainerState:
     """With --resume, the newest complete checkpoint loaded into the prepared objects; else a fresh state."""
     state = checkpoints.load(s.accelerator, s.out) if s.cfg.resume else None
     if state is None:
-        return checkpoints.TrainerState(cache_s=s.feature_cache_s)
+        return checkpoints.TrainerState(cache_s=s.feature_cache_s, image_cache_s=s.image_cache_s)
     s.accelerator.print(f"resuming {s.out} after epoch {state.epoch}")
     return state
 
@@ -434,10 +439,10 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
         **regime_record(s.regime, s.model),
         "train_time_s": state.train_time_s,
         "time_to_best_s": state.time_to_best_s,
-        "feature_cache_s": state.cache_s,
+        **costs.cost_totals(state.image_cache_s, state.cache_s, state.train_time_s),  # cache_s, total_s
         "epochs_run": state.epoch,
         "images_per_s": _mean([r["images_per_s"] for r in state.history]),
-        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        **s.memory.stop(),  # peak_memory_mb, peak_rss_mb, rss_at_start_mb, peak_memory_method
         "params_total": total_params,
         "params_trainable": trainable_params,
         # effective: 1 for networks that start from random weights (catalogue.effective_backbone_lr_scale)
@@ -447,6 +452,7 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
         "test_accuracy": metrics["accuracy"],
         "checkpoint_bytes": (s.out / "model.safetensors").stat().st_size,
         "latency_ms_per_image": metrics.get("latency_ms_per_image"),
+        "latency": metrics.get("latency"),  # batch 1 and 32: median, spread, threads
         "image_size": s.preprocessing.image_size,
         "class_names": s.class_names,
         "device": str(accelerator.device),
@@ -465,7 +471,7 @@ def regime_record(regime, model: torch.nn.Module) -> dict:
     """run.json's account of what trained, from the regime `models.apply_regime` applied (never re-derived from
     requires_grad). head_only: the classifier and nothing else, by the catalogue's one rule."""
     trainable = list(regime.trainable_modules)
-    head = hfmodels._classifier_name(model)
+    head = weights.classifier_name(model)
     return {"head_only": catalogue.is_head_only(",".join(trainable), head), "trainable_modules": trainable,
             "frozen_modules": list(regime.frozen_modules)}
 
@@ -509,13 +515,6 @@ def library_versions() -> dict[str, str]:
     versions = {m.__name__: m.__version__ for m in mods}
     versions["python"] = platform.python_version()
     return versions
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """GPU: max_memory_allocated; otherwise the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _mean(values: list[float]) -> float:
