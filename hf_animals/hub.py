@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import augment as hfaugment
 from . import catalogue, runs
 from . import data as hfdata
 from .dataset_info import DatasetInfo, describe_split
@@ -152,7 +153,7 @@ def hyperparameter_rows(record: runs.RunRecord) -> list[tuple[str, str]]:
         ("label smoothing", _num(args.get("label_smoothing"))), ("schedule", str(args.get("sched"))),
         ("warm-up epochs", str(args.get("warmup_epochs"))),
         ("early stopping patience", str(args.get("early_stopping"))),
-        ("augmentation", hfdata.batch_augmentation(size).extra_repr() if args.get("augment") and size else "none"),
+        ("augmentation", hfaugment.batch_augmentation(size).extra_repr() if args.get("augment") and size else "none"),
         ("mixed precision", str(run.get("mixed_precision"))), ("seed", str(run.get("seed"))),
         ("parameters (trainable / total)", f"{_num(run.get('params_trainable'))} / {_num(run.get('params_total'))}"),
     ]
