@@ -277,6 +277,20 @@ def comparison_costs(run: dict) -> dict[str, Any]:
     }
 
 
+def latency_text(cells: dict) -> str:
+    """One latency in words, from `comparison_costs` cells or a comparison.csv row: '2.50 ms ± 0.10 ms (median ±
+    IQR of batch-1 timings, 4 threads; batch 32: 812 images/s)'. A run timed before spreads were recorded gives its
+    one number as such; none gives 'n/a'. The report and the model card both say it this way."""
+    median, iqr = cells.get("latency_ms_per_image"), cells.get("latency_iqr_ms")
+    if median is None:
+        return "n/a"
+    if iqr is None:
+        return f"{median:.2f} ms (batch 1, a single measurement)"
+    text = f"{median:.2f} ms ± {iqr:.2f} ms (median ± IQR of batch-1 timings, {cells.get('latency_threads')} threads"
+    throughput = cells.get("throughput_img_s")
+    return text + (f"; batch 32: {throughput:.0f} images/s)" if throughput else ")")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Do latencies agree across runs? (same architecture and input size must give the same inference cost)
 # ----------------------------------------------------------------------------------------------------------------

@@ -242,7 +242,7 @@ def write_study_outputs(cfg: StudyConfig, specs: list[RunSpec]) -> Path:
     return out
 
 
-SWEEP_CHOICE_KEYS = ("run", "lr", "batch_size", "best_val_accuracy", "train_time_s")
+SWEEP_CHOICE_KEYS = ("run", "lr", "batch_size", "best_val_accuracy", "train_time_s", "total_s")
 
 
 def write_figures(cfg: StudyConfig, specs: list[RunSpec], records: dict[str, runs.RunRecord], rows: list[dict],

@@ -208,9 +208,9 @@ def test_two_study_scripts_on_one_folder_one_runs_the_other_is_refused(sample_di
     assert winner.returncode == 0, w_err[-3000:]
     assert_refused(loser, l_err, out, winner.pid)
     assert "is in use by another study" in l_err
-    runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["animals_cnn5__all", "animals_cnn5__sweep_lr0.01_bs16"]
-    assert all(runs.is_complete(out / "runs" / name) for name in runs)
+    names = sorted(p.name for p in (out / "runs").iterdir())
+    assert names == ["animals_cnn5__all", "animals_cnn5__sweep_lr0.01_bs16"]
+    assert all(runs.is_complete(out / "runs" / name) for name in names)
     assert (out / "comparison.csv").is_file() and "animals_cnn5__all" in w_out
 
 
