@@ -62,8 +62,10 @@ def save(accelerator, run_dir: Path, state: TrainerState, started: float) -> Pat
         state.history[-1]["checkpoint_s"] = time.perf_counter() - started
         if accelerator.is_main_process:
             runs.write_json(folder / STATE_FILE, dataclasses.asdict(state))
-    except BaseException:
-        if accelerator.is_main_process:  # a failed save (disk full, Ctrl-C) leaves only the last good checkpoint
+    except Exception:
+        # A failed write (disk full, read-only) leaves only the last good checkpoint. A kill or Ctrl-C may leave a
+        # partial folder: `latest` skips it and the next save removes it.
+        if accelerator.is_main_process:
             shutil.rmtree(folder, ignore_errors=True)
         raise
     if accelerator.is_main_process:

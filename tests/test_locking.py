@@ -258,8 +258,8 @@ def test_a_killed_run_never_blocks_its_resume(sample_dir, cache_dir, tmp_path):
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
-    """The best model and every file of the checkpoint folder (all epoch folders, partial ones too)."""
-    files = [run / "model.safetensors", *(p for p in (run / runs.CHECKPOINT_DIR).rglob("*") if p.is_file())]
+    """The best model and every file of the checkpoint --resume would continue from (the newest complete one)."""
+    files = [run / "model.safetensors", *(p for p in checkpoints.latest(run).rglob("*") if p.is_file())]
     return {str(f.relative_to(run)): f.read_bytes() for f in sorted(files)}
 
 
