@@ -27,10 +27,9 @@ import torch
 from torch.utils.data import Dataset
 
 from . import augment as hfaugment
-from . import catalogue, image_cache, training
+from . import catalogue, image_cache, training, weights
 from . import data as hfdata
 from . import preprocess
-from . import models as hfmodels
 from . import study as hfstudy
 from .errors import UserError
 
@@ -141,7 +140,7 @@ def bench_regime(regime: catalogue.Regime, cfg: BenchmarkConfig, data_dir: Path,
                  runs: Path, image_cache_s: float, counts: dict) -> dict:
     """Naive and hf_animals runs of one regime (plus the augmentation probe) → one row of the `regimes` table."""
     pretrained = catalogue.FAMILIES[regime.family].pretrained
-    available = pretrained and hfmodels.hub_weights_available(regime.model)
+    available = pretrained and weights.hub_weights_available(regime.model)
     # Without the pretrained weights (offline), random init: epoch times do not depend on the weights' values, and
     # agreement is checked either way. The run records it as the offline fallback, so the table says so.
     base = dict(model=regime.model, unfreeze=regime.unfreeze, data_dir=str(data_dir), splits=str(manifest),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import runs
+from .errors import UserError
 
 STATE_FILE = "trainer_state.json"
 EPOCH_PREFIX = "epoch-"
@@ -31,7 +32,8 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)
     train_time_s: float = 0.0
     time_to_best_s: float = 0.0
-    cache_s: float = 0.0
+    cache_s: float = 0.0  # the frozen-prefix feature cache (run.json's feature_cache_s)
+    image_cache_s: float = 0.0  # the decoded-image cache (older checkpoints lack it: 0)
 
     def record(self, row: dict) -> bool:
         """Add one epoch's history row; True when its validation accuracy beats every earlier epoch."""
@@ -54,11 +56,19 @@ def save(accelerator, run_dir: Path, state: TrainerState, started: float) -> Pat
     if accelerator.is_main_process:
         shutil.rmtree(folder, ignore_errors=True)  # a partial folder left by a kill during this epoch's save
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(folder))
-    accelerator.wait_for_everyone()  # every process's part is on disk before the folder is marked complete
-    state.history[-1]["checkpoint_s"] = time.perf_counter() - started
+    try:
+        accelerator.save_state(str(folder))
+        accelerator.wait_for_everyone()  # every process's part is on disk before the folder is marked complete
+        state.history[-1]["checkpoint_s"] = time.perf_counter() - started
+        if accelerator.is_main_process:
+            runs.write_json(folder / STATE_FILE, dataclasses.asdict(state))
+    except Exception:
+        # A failed write (disk full, read-only) leaves only the last good checkpoint. A kill or Ctrl-C may leave a
+        # partial folder: `latest` skips it and the next save removes it.
+        if accelerator.is_main_process:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     if accelerator.is_main_process:
-        runs.write_json(folder / STATE_FILE, dataclasses.asdict(state))
         for entry in root.iterdir():  # older epochs, partial folders, a checkpoint of the single-folder layout
             if entry != folder:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -78,6 +88,15 @@ def latest(run_dir: str | Path) -> Path | None:
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether --resume can continue this run folder."""
     return latest(run_dir) is not None
+
+
+def saved_epoch(run_dir: str | Path) -> int:
+    """The epoch of the newest complete checkpoint (0: none, or its state unreadable)."""
+    folder = latest(run_dir)
+    try:
+        return int(runs.read_json(folder / STATE_FILE).get("epoch", 0)) if folder else 0
+    except (UserError, ValueError, AttributeError):
+        return 0
 
 
 def load(accelerator, run_dir: Path) -> TrainerState | None:

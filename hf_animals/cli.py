@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from typing import Callable
 
+from . import faults
 from .errors import UserError
 
 
@@ -55,15 +57,27 @@ def show_library_messages() -> None:
         logger.propagate = False
 
 
-def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a script's `main`; a `UserError` becomes one `error: ...` line and exit code 2."""
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *,
+             resume_flag: str | None = "--resume") -> int:
+    """Run a script's `main`; a `UserError` or an unwritable output becomes one `error: ...` line and exit code 2.
+
+    Ctrl-C (exit 130) says where a run stopped and the command that continues it: these arguments plus
+    `resume_flag` (None for scripts such as study.py that continue by running the same command again).
+    """
     show_library_messages()
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
         code = main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(faults.interrupted_message(err, args, resume_flag), file=sys.stderr)
         return 130
+    except OSError as err:
+        if faults.write_failure(err) is not err:
+            raise
+        verb = "access" if err.errno in (errno.EACCES, errno.EPERM) else "write to"  # a denied read too
+        print(f"error: cannot {verb} {err.filename or 'the output'} ({err.strerror})", file=sys.stderr)
+        return 2
     return int(code or 0)

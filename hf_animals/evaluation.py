@@ -7,12 +7,12 @@ accuracy is the same number whoever computes it.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import costs
 from . import data as hfdata
 from . import preprocess
 from . import image_cache
@@ -63,22 +63,6 @@ def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, ba
     return p.argmax(1), p
 
 
-def latency_ms_per_image(model: torch.nn.Module, pixels: torch.Tensor, device, n: int = 8) -> float:
-    """Single-image inference latency (batch 1, after one warm-up), as a deployment would see it."""
-    model = model.to(device).eval()
-    sample = pixels[:n].to(device)
-    with torch.no_grad():
-        model(sample[:1])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for i in range(len(sample)):
-            model(sample[i:i + 1])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / max(1, len(sample)) * 1000
-
-
 def evaluate_run(run_dir: str | Path, split: str = "test", *, accelerator=None, arrays=None,
                  data_dir: str | None = None) -> dict:
     """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots.
@@ -101,7 +85,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, accelerator=None, 
     preds, _ = predict_arrays(net, pixels, accelerator)
     metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
     metrics["split"] = split
-    metrics["latency_ms_per_image"] = latency_ms_per_image(net, pixels, accelerator.device)
+    metrics["latency"] = costs.measure_latency(net, pixels, accelerator.device)  # median + spread, batch 1 and 32
+    metrics["latency_ms_per_image"] = metrics["latency"]["ms_per_image"]  # the batch-1 median
     if accelerator.is_main_process:
         _write_metrics(run_dir, split, metrics, class_names, pixels, labels, preds)
     return metrics

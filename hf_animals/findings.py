@@ -19,7 +19,7 @@ from .errors import UserError
 NEAR_BEST_PP = 2.0
 #: A train-minus-validation accuracy gap (points) above which the report calls over-fitting clear.
 CLEAR_OVERFIT_PP = 10.0
-INT_COLUMNS = {"batch_size", "epochs", "best_epoch", "params_total", "params_trainable"}
+INT_COLUMNS = {"batch_size", "epochs", "best_epoch", "params_total", "params_trainable", "latency_threads"}
 TEXT_COLUMNS = {"run", "stage", "family", "model", "regime", "weights"}
 STUDY_FILES = ("study.json", "comparison.csv", "splits.csv")
 
@@ -136,21 +136,45 @@ def compute_findings(data: StudyData) -> dict:
         "still_improving": [r for r in finals if r["best_epoch"] is not None and r["best_epoch"] == r["epochs"]],
         "regimes": regimes_by_family(finals),
         "best_sweep": runs.select_best(data.sweep), "sweep_edge": sweep_edge(data.sweep),
-        "total_train_time_s": sum(r["train_time_s"] or 0.0 for r in data.rows),
+        "total_cost_s": sum(total_s(r) for r in data.rows),
+        "total_cache_s": sum(r.get("cache_s") or 0.0 for r in data.rows),
+        "head_vs_full": head_vs_full(finals, data.records),
         **cost_findings(finals, best), **fit_findings(record, best), **class_findings(record.metrics),
     }
 
 
+def total_s(row: dict) -> float:
+    """What a run cost: one-time caches + training (comparison.csv's total_s; `costs.cost_totals`)."""
+    return row["total_s"] if row.get("total_s") is not None else row["train_time_s"] or 0.0
+
+
 def cost_findings(finals: list[dict], best: dict) -> dict:
-    """The cheapest / fastest / most parameter-efficient runs, and the lightest one near the best."""
+    """The cheapest (total time: caches + training) / most parameter-efficient runs, and the lightest one near the
+    best (median batch-1 latency)."""
     near = [r for r in finals if pp(best["best_val_accuracy"], r["best_val_accuracy"]) <= NEAR_BEST_PP]
     with_latency = [r for r in near if r["latency_ms_per_image"] is not None]
     return {
-        "cheapest_near": min(near, key=lambda r: r["train_time_s"]),
-        "fastest": min(finals, key=lambda r: r["train_time_s"]),
+        "cheapest_near": min(near, key=total_s),
+        "fastest": min(finals, key=total_s),
         "per_param": max(finals, key=lambda r: r["test_accuracy"] / max(r["params_trainable"], 1)),
         "lightest_near": min(with_latency, key=lambda r: r["latency_ms_per_image"]) if with_latency else None,
     }
+
+
+def head_vs_full(finals: list[dict], records: dict[str, runs.RunRecord]) -> list[dict]:
+    """Per family with both: its head-only run against its run training the most parameters, on total time.
+
+    A head-only run's few seconds of training rest on a one-time pass through the frozen backbone (its cache),
+    so "head-only costs a fraction of fine-tuning" is only true - and only stated - when the totals say so.
+    """
+    out = []
+    for family in dict.fromkeys(r["family"] for r in finals):
+        rows = [r for r in finals if r["family"] == family]
+        head = next((r for r in rows if records[r["run"]].head_only), None)
+        full = max(rows, key=lambda r: r["params_trainable"])
+        if head is not None and full is not head and total_s(full) > 0:
+            out.append({"family": family, "head": head, "full": full, "fraction": total_s(head) / total_s(full)})
+    return out
 
 
 def fit_findings(record: runs.RunRecord, best: dict) -> dict:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import catalogue, runs
+from . import augment as hfaugment
+from . import catalogue, costs, runs
 from . import data as hfdata
 from .dataset_info import DatasetInfo, describe_split
 from .errors import UserError
@@ -152,7 +153,7 @@ def hyperparameter_rows(record: runs.RunRecord) -> list[tuple[str, str]]:
         ("label smoothing", _num(args.get("label_smoothing"))), ("schedule", str(args.get("sched"))),
         ("warm-up epochs", str(args.get("warmup_epochs"))),
         ("early stopping patience", str(args.get("early_stopping"))),
-        ("augmentation", hfdata.batch_augmentation(size).extra_repr() if args.get("augment") and size else "none"),
+        ("augmentation", hfaugment.batch_augmentation(size).extra_repr() if args.get("augment") and size else "none"),
         ("mixed precision", str(run.get("mixed_precision"))), ("seed", str(run.get("seed"))),
         ("parameters (trainable / total)", f"{_num(run.get('params_trainable'))} / {_num(run.get('params_total'))}"),
     ]
@@ -185,13 +186,18 @@ def metric_context(record: runs.RunRecord, info: DatasetInfo) -> dict:
 
 
 def cost_context(record: runs.RunRecord) -> dict:
-    run, metrics = record.run, record.metrics
+    """The card's compute numbers: total time = one-time caches + training (what costs are compared on), and the
+    latency as the median ± interquartile range of repeated timings (`costs`), never a single measurement."""
+    run = record.run
+    cells = costs.comparison_costs(run) if run.get("train_time_s") is not None else {}
     return {
         "train_time": f"{run['train_time_s']:.1f} s" if run.get("train_time_s") is not None else "n/a",
+        "cache_time": f"{cells['cache_s']:.1f} s" if cells else "n/a",
+        "total_time": f"{cells['total_s']:.1f} s" if cells else "n/a",
         "time_to_best": f"{run['time_to_best_s']:.1f} s" if run.get("time_to_best_s") is not None else "n/a",
         "images_per_s": f"{run['images_per_s']:.0f}" if run.get("images_per_s") else "n/a",
         "peak_memory": f"{run['peak_memory_mb']:.0f} MB" if run.get("peak_memory_mb") else "n/a",
-        "latency": f"{metrics['latency_ms_per_image']:.2f} ms" if metrics.get("latency_ms_per_image") else "n/a",
+        "latency": costs.latency_text(cells or {"latency_ms_per_image": record.metrics.get("latency_ms_per_image")}),
         "checkpoint_mb": f"{run['checkpoint_bytes'] / 2**20:.1f} MB" if run.get("checkpoint_bytes") else "n/a",
         "device": run.get("device"), "num_processes": run.get("num_processes", 1),
         "versions": ", ".join(f"{k} {v}" for k, v in run.get("versions", {}).items()),

@@ -53,7 +53,7 @@ def cached_split_arrays(data_dir, manifest_path, image_size: int, cache_dir=None
     The first call decodes every image (rgb_resized) into a fixed-size uint8 Array3D column of an Arrow file
     (datasets.map with an explicit cache_file_name) under cache_dir/pixels/<key>/<split>.arrow; later calls, in
     any run or study, read that file back. The key (pixel_cache_key) changes with the manifest content or the
-    size. Labels are indices into hfdata.data.class_names(manifest rows).
+    size. Labels are indices into data.class_names(manifest rows).
     """
     rows = hfdata.read_manifest(manifest_path, data_dir, verify=verify)
     root = hfdata.manifest_data_dir(Path(manifest_path), data_dir)

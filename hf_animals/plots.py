@@ -301,7 +301,7 @@ def _human(value: float) -> str:
 # (row keys tried in order, axis label): comparison.csv rows say test_accuracy, a bare metrics dict says accuracy.
 COMPARISON_BARS = (
     (("test_accuracy", "accuracy"), "test accuracy"),
-    (("train_time_s",), "training time (s)"),
+    (("total_s", "train_time_s"), "total time: caches + training (s)"),
     (("params_trainable",), "trainable parameters"),
 )
 NAME_KEYS = ("label", "name", "run")
@@ -314,7 +314,7 @@ def _first(row: Mapping, keys: Sequence[str]):
 
 def plot_comparison_bars(rows: Sequence[Mapping], path, title: str = "", name_keys: Sequence[str] = NAME_KEYS,
                          metrics: Sequence[tuple[Sequence[str], str]] = COMPARISON_BARS) -> Path:
-    """Accuracy vs training time vs trainable parameters, one horizontal bar per run and one panel per metric.
+    """Accuracy vs total time (caches + training) vs trainable parameters, one horizontal bar per run and panel.
 
     Bars are named by the first of name_keys a row has (label, name, run). metrics: (row keys, axis label)
     pairs; a missing value shows as "n/a". A panel spanning more than two orders of magnitude (head-only vs

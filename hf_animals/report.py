@@ -16,7 +16,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import catalogue, findings, notebook, runs
+from . import catalogue, costs, findings, notebook, runs
 from . import augment as hfaugment
 from . import data as hfdata
 from .findings import StudyData
@@ -62,7 +62,7 @@ def _environment():
     env.filters.update(
         acc=_na(lambda v: f"{v:.3f}"), pp=lambda v: f"{v:+.1f} pp", secs=_na(lambda v: f"{v:,.1f} s"),
         ms=_na(lambda v: f"{v:.2f} ms"), count=_na(lambda v: f"{int(v):,}"), g=lambda v: f"{v:g}",
-        fixed1=lambda v: f"{v:.1f}", pyrepr=repr)
+        fixed1=lambda v: f"{v:.1f}", pct=lambda v: f"{100 * v:.0f} %", latency=costs.latency_text, pyrepr=repr)
     return env
 
 
@@ -83,6 +83,13 @@ def _acc(value) -> str:
 
 def _secs(value) -> str:
     return "n/a" if value is None else f"{value:,.1f} s"
+
+
+def _latency_cell(row: dict) -> str:
+    median, iqr = row.get("latency_ms_per_image"), row.get("latency_iqr_ms")
+    if median is None:
+        return "n/a"
+    return f"{median:.2f}" if iqr is None else f"{median:.2f} ± {iqr:.2f}"
 
 
 def _count(value) -> str:
@@ -253,10 +260,10 @@ def sweep_context(data: StudyData, f: dict) -> dict:
     sweep, chosen = data.sweep, f["best_sweep"]
     if not sweep:
         return {"sweep": []}
-    table = md_table(["run", "lr", "batch", "epochs", "val acc", "best epoch", "train time"],
+    table = md_table(["run", "lr", "batch", "epochs", "val acc", "best epoch", "train time", "total time"],
                      [[f"**{r['run']}**" if r["run"] == chosen["run"] else r["run"], f"{r['lr']:g}",
                        r["batch_size"], r["epochs"], _acc(r["best_val_accuracy"]), r["best_epoch"],
-                       _secs(r["train_time_s"])] for r in sweep])
+                       _secs(r["train_time_s"]), _secs(findings.total_s(r))] for r in sweep])
     vals = [r["best_val_accuracy"] for r in sweep]
     return {"sweep": sweep, "chosen": chosen, "table": table, "low": min(vals), "high": max(vals),
             "lrs": [f"{v:g}" for v in sorted({r["lr"] for r in sweep})],
@@ -265,12 +272,13 @@ def sweep_context(data: StudyData, f: dict) -> dict:
 
 
 def results_table(data: StudyData) -> str:
-    return md_table(["run", "weights", "val acc", "test acc", "macro F1", "train time", "trainable params",
-                     "latency ms/img"],
+    """The final runs; costs as one-time cache + training = total time, latency as median ± IQR (batch 1)."""
+    return md_table(["run", "weights", "val acc", "test acc", "macro F1", "cache time", "train time", "total time",
+                     "trainable params", "latency ms/img (± IQR)"],
                     [[f"**{data.labels[r['run']]}**" if r["selected"] else data.labels[r["run"]], r["weights"],
                       _acc(r["best_val_accuracy"]), _acc(r["test_accuracy"]), _acc(r["f1_macro"]),
-                      _secs(r["train_time_s"]), _count(r["params_trainable"]),
-                      "n/a" if r["latency_ms_per_image"] is None else f"{r['latency_ms_per_image']:.2f}"]
+                      _secs(r.get("cache_s")), _secs(r["train_time_s"]), _secs(findings.total_s(r)),
+                      _count(r["params_trainable"]), _latency_cell(r)]
                      for r in data.finals])
 
 
@@ -300,7 +308,8 @@ def findings_context(data: StudyData, f: dict) -> dict:
 def practical_context(data: StudyData, f: dict, common: dict) -> dict:
     advice = render("advice.md.j2", **common, transfer=f["best_transfer"], scratch=f["scratch"])
     devices = sorted({str(r.get("device")) for r in data.records.values() if r.get("device")})
-    return {"advice": advice.strip(), "devices": devices}
+    return {"advice": advice.strip(), "devices": devices,
+            "heads_cheaper": all(c["fraction"] < 1 for c in f["head_vs_full"])}
 
 
 def study_command(data: StudyData) -> str:

@@ -168,7 +168,8 @@ T = TypeVar("T", bound=Mapping)
 
 
 #: `selection_key` in words, for the report and cards (kept beside the rule so the two cannot drift apart).
-SELECTION_RULE = ("the highest validation accuracy; on a tie, the cheaper run (training time), then the run name; "
+SELECTION_RULE = ("the highest validation accuracy; on a tie, the cheaper run (total time: one-time caches + "
+                  "training), then the run name; "
                   "the test split never chooses")
 
 

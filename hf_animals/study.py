@@ -14,8 +14,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import catalogue, checkpoints, plots, preprocess, runs, training, weights
+from . import catalogue, checkpoints, costs, plots, preprocess, runs, training, weights
 from . import data as hfdata
+from . import locking
 from .dataset_info import describe_split
 from .errors import UserError
 
@@ -138,7 +139,11 @@ def run_study(cfg: StudyConfig) -> Path:
     unknown = set(cfg.families) - set(known)
     if unknown:
         raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {known}")
-    out.mkdir(parents=True, exist_ok=True)
+    with locking.hold_folder(cfg.output_dir, what="study"):  # one study per folder; each run also locks its own
+        return _run_locked_study(cfg, out)
+
+
+def _run_locked_study(cfg: StudyConfig, out: Path) -> Path:
     manifest = study_manifest(cfg, out)
 
     sweep = sweep_specs(cfg) if "scratch" in cfg.families else []
@@ -174,7 +179,9 @@ def study_manifest(cfg: StudyConfig, out: Path) -> Path:
 COMPARISON_COLUMNS = (
     "run", "stage", "family", "model", "regime", "weights", "lr", "backbone_lr", "batch_size", "epochs", "best_val_accuracy",
     "best_epoch", "test_accuracy", "precision_macro", "recall_macro", "f1_macro", "train_time_s", "time_to_best_s",
+    *costs.TIME_COLUMNS,  # cache_s, total_s
     "images_per_s", "peak_memory_mb", "params_total", "params_trainable", "checkpoint_mb", "latency_ms_per_image",
+    *costs.LATENCY_COLUMNS,  # batch-1 spread, batch-32 median/spread/throughput, threads
     "selected",
 )
 
@@ -199,6 +206,7 @@ def comparison_row(spec: RunSpec, record: runs.RunRecord, selected: bool = False
         "peak_memory_mb": run["peak_memory_mb"], "params_total": run["params_total"],
         "params_trainable": run["params_trainable"], "checkpoint_mb": run["checkpoint_bytes"] / 2**20,
         "latency_ms_per_image": run["latency_ms_per_image"], "selected": selected,
+        **costs.comparison_costs(run),  # cache/total s, latency median + spread, throughput, threads
     }
 
 
@@ -234,7 +242,7 @@ def write_study_outputs(cfg: StudyConfig, specs: list[RunSpec]) -> Path:
     return out
 
 
-SWEEP_CHOICE_KEYS = ("run", "lr", "batch_size", "best_val_accuracy", "train_time_s")
+SWEEP_CHOICE_KEYS = ("run", "lr", "batch_size", "best_val_accuracy", "train_time_s", "total_s")
 
 
 def write_figures(cfg: StudyConfig, specs: list[RunSpec], records: dict[str, runs.RunRecord], rows: list[dict],
@@ -271,9 +279,11 @@ def write_comparison(rows: list[dict], out: Path) -> None:
 MD_COLUMNS = (("run", "run"), ("weights", "weights"), ("lr", "lr"), ("backbone_lr", "backbone lr"),
               ("batch_size", "batch"),
               ("best_val_accuracy", "val acc"), ("best_epoch", "best ep."), ("test_accuracy", "test acc"),
-              ("f1_macro", "macro F1"), ("train_time_s", "train s"), ("time_to_best_s", "to best s"),
+              ("f1_macro", "macro F1"), ("train_time_s", "train s"), *costs.TIME_MD,  # cache s, total s
+              ("time_to_best_s", "to best s"),
               ("images_per_s", "img/s"), ("peak_memory_mb", "peak MB"), ("params_trainable", "trainable"),
-              ("params_total", "params"), ("checkpoint_mb", "ckpt MB"), ("latency_ms_per_image", "ms/img"))
+              ("params_total", "params"), ("checkpoint_mb", "ckpt MB"),
+              *costs.LATENCY_MD)  # ms/img (b1) ± IQR, img/s (b32), threads
 
 
 def comparison_markdown(rows: list[dict]) -> str:
@@ -284,7 +294,8 @@ def comparison_markdown(rows: list[dict]) -> str:
         if row["selected"]:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nBold: the best run of its family by validation accuracy.\n"
+    note = "Bold: the best run of its family by validation accuracy. " + costs.COLUMN_NOTE
+    return "\n".join(lines) + "\n\n" + note + "\n"
 
 
 def _cell(value) -> str:

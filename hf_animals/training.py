@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
-import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import augment as hfaugment
-from . import catalogue, checkpoints, evaluation, image_cache, plots, preprocess, run_data, runs
+from . import catalogue, checkpoints, costs, evaluation, faults, image_cache, locking, plots, preprocess
+from . import run_data, runs
 from . import data as hfdata
 from . import models as hfmodels
 from .errors import UserError
@@ -142,6 +141,8 @@ class TrainingSetup:
     scheduler: Any
     steps_per_epoch: int
     batch_augment: torch.nn.Module | None  # per-image augmentation of whole batches on the device
+    memory: costs.PeakMemory  # this run's own peak, started right after the accelerator
+    image_cache_s: float  # one-time cost of decoding (or reading back) the image cache
     feature_cache_s: float  # one-time cost of the frozen-prefix features (0 when not cached)
     cached_splits: tuple[str, ...]  # splits that train / validate on cached frozen-prefix features
 
@@ -153,23 +154,27 @@ def train(cfg: TrainConfig, data_source: DataSource | None = None) -> dict:
     """Train, validate every epoch, keep the best model, evaluate it on the test split; return run.json.
 
     A run that fails before finishing an epoch leaves no folder behind if it created it (only its own split was
-    there); an earlier run is never touched. `data_source` swaps in another train/val pipeline (the benchmark).
+    there); an earlier run is never touched. One writer per run folder: a second one gets a UserError naming the
+    process that holds it. Ctrl-C and an unwritable output say what was kept (see `faults`). `data_source` swaps in
+    another train/val pipeline (the benchmark).
     """
+    out = Path(cfg.output_dir)
+    with faults.explain_failures(out, cfg.epochs), \
+            locking.hold_folder(cfg.output_dir, keep=checkpoints.has_checkpoint, what="run"):
+        return _train_locked(cfg, data_source)
+
+
+def _train_locked(cfg: TrainConfig, data_source: DataSource | None) -> dict:
+    """`train` while holding the run folder's lock: claim it, set up, run the epochs, finalise."""
     out = _claim_output_dir(cfg)
     if cfg.resume and runs.is_complete(out):
         return runs.read_json(out / runs.RUN_JSON)
-    fresh = not out.exists()
-    try:
-        s = setup(cfg, out, data_source)
-        state = resume_state(s)
-        _announce(s)
-        if not run_epochs(s, state):
-            return {}
-        return finalise(s, state)
-    except BaseException:
-        if fresh and out.is_dir() and not checkpoints.has_checkpoint(out):
-            shutil.rmtree(out, ignore_errors=True)  # ignore: another process may be removing it too
-        raise
+    s = setup(cfg, out, data_source)
+    state = resume_state(s)
+    _announce(s)
+    if not run_epochs(s, state):
+        return {}
+    return finalise(s, state)
 
 
 def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) -> TrainingSetup:
@@ -177,11 +182,12 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     from accelerate.utils import set_seed
 
     accelerator = evaluation.make_accelerator(cfg.mixed_precision)
+    memory = costs.PeakMemory(accelerator.device)  # this run's own peak, not the process's so far
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     if accelerator.is_main_process:
         if cfg.overwrite and not cfg.resume and out.exists():
-            shutil.rmtree(out)
+            locking.clear_folder(out)  # keeps the lock this run holds
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     manifest = run_data.manifest_for(cfg, out, accelerator)
@@ -195,8 +201,9 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     preprocessing = preprocess.Preprocessing.from_model(model, cfg.image_size)
     image_size = preprocessing.image_size
     with accelerator.main_process_first():  # one process fills the decoded-image cache, the others read it
-        arrays = image_cache.cached_split_arrays(cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
-                                                 verify=False)  # manifest_for verified (or just wrote) it
+        arrays, image_cache_s = costs.timed(  # one-time: decode (or read back) the image cache
+            image_cache.cached_split_arrays, cfg.data_dir, manifest, image_size, cache_dir=cfg.cache_dir,
+            verify=False)  # manifest_for verified (or just wrote) it
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     injected = data_source(cfg, rows, class_names, image_size) if data_source else None
@@ -222,7 +229,8 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     accelerator.register_for_checkpointing(scheduler)
     return TrainingSetup(cfg, accelerator, out, manifest, class_names, preprocessing, arrays, model, regime,
                          torch.compile(prepared) if cfg.compile else prepared, val_module, train_loader, val_loader,
-                         optimizer, scheduler, steps_per_epoch, batch_augment, split_data.feature_cache_s,
+                         optimizer, scheduler, steps_per_epoch, batch_augment, memory, image_cache_s,
+                         split_data.feature_cache_s,
                          split_data.cached_splits)
 
 
@@ -298,9 +306,10 @@ def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
             f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
             f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
         t_save = time.perf_counter()
-        if improved and accelerator.is_main_process:
-            save_best_model(s)
-        checkpoints.save(accelerator, s.out, state, started=t_save)
+        with faults.diagnosed_writes(s.out):  # a full disk is reported as such, whichever library hit it
+            if improved and accelerator.is_main_process:
+                save_best_model(s)
+            checkpoints.save(accelerator, s.out, state, started=t_save)
         if accelerator.is_main_process:
             runs.write_history(s.out, state.history)
     return True
@@ -397,7 +406,7 @@ def resume_state(s: TrainingSetup) -> checkpoints.TrainerState:
     """With --resume, the newest complete checkpoint loaded into the prepared objects; else a fresh state."""
     state = checkpoints.load(s.accelerator, s.out) if s.cfg.resume else None
     if state is None:
-        return checkpoints.TrainerState(cache_s=s.feature_cache_s)
+        return checkpoints.TrainerState(cache_s=s.feature_cache_s, image_cache_s=s.image_cache_s)
     s.accelerator.print(f"resuming {s.out} after epoch {state.epoch}")
     return state
 
@@ -430,10 +439,10 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
         **regime_record(s.regime),
         "train_time_s": state.train_time_s,
         "time_to_best_s": state.time_to_best_s,
-        "feature_cache_s": state.cache_s,
+        **costs.cost_totals(state.image_cache_s, state.cache_s, state.train_time_s),  # cache_s, total_s
         "epochs_run": state.epoch,
         "images_per_s": _mean([r["images_per_s"] for r in state.history]),
-        "peak_memory_mb": peak_memory_mb(accelerator.device),
+        **s.memory.stop(),  # peak_memory_mb, peak_rss_mb, rss_at_start_mb, peak_memory_method
         "params_total": total_params,
         "params_trainable": trainable_params,
         # effective: 1 for networks that start from random weights (catalogue.effective_backbone_lr_scale)
@@ -443,6 +452,7 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
         "test_accuracy": metrics["accuracy"],
         "checkpoint_bytes": (s.out / "model.safetensors").stat().st_size,
         "latency_ms_per_image": metrics.get("latency_ms_per_image"),
+        "latency": metrics.get("latency"),  # batch 1 and 32: median, spread, threads
         "image_size": s.preprocessing.image_size,
         "class_names": s.class_names,
         "device": str(accelerator.device),
@@ -474,7 +484,7 @@ def _claim_output_dir(cfg: TrainConfig) -> Path:
         raise UserError("--output-dir is required")
     if out.exists() and not out.is_dir():
         raise UserError(f"--output-dir {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
+    if locking.folder_entries(out) and not cfg.resume:  # its lock file is not content
         if not cfg.overwrite:
             raise UserError(f"{out} is not empty: pass --resume to continue that run or --overwrite to replace it")
         if not any((out / name).exists() for name in (*runs.RUN_FILES, runs.CHECKPOINT_DIR, runs.SPLITS_FILE)):
@@ -503,13 +513,6 @@ def library_versions() -> dict[str, str]:
     versions = {m.__name__: m.__version__ for m in mods}
     versions["python"] = platform.python_version()
     return versions
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """GPU: max_memory_allocated; otherwise the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _mean(values: list[float]) -> float:

@@ -72,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_main(main))
+    sys.exit(cli.run_main(main, resume_flag=None))  # the same command continues a study

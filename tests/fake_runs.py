@@ -11,10 +11,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from hf_animals import catalogue, runs, study
+from hf_animals import catalogue, costs, runs, study
 from hf_animals import data as hfdata
 
 N_EVAL = 40  # images in the validation and test splits of the tiny study (10 classes x 4)
+#: run.json's latency as `costs.measure_latency` records it (medians and spreads of batch 1 and 32).
+FAKE_LATENCY = {"batch_1": {"batch_size": 1, "median_ms": 2.5, "iqr_ms": 0.1, "images_per_s": 400.0},
+                "batch_32": {"batch_size": 32, "median_ms": 40.0, "iqr_ms": 1.5, "images_per_s": 800.0},
+                "threads": 2, "ms_per_image": 2.5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Result:
     trainable: int = 1_008_842
     total: int = 1_008_842
     train_time_s: float = 10.0
+    feature_cache_s: float | None = None  # None: 4 s for a head-only run (its frozen-feature pass), else 0
 
 
 def fake_history(epochs: int, best_val: float) -> list[dict]:
@@ -83,17 +88,20 @@ def write_fake_run(tcfg, result: Result) -> dict:
     best_epoch = max(range(len(history)), key=lambda i: history[i]["val_acc"]) + 1
     metrics = fake_metrics(result.test_correct, class_names)
     size = tcfg.image_size or 224
+    head_only = catalogue.is_head_only(tcfg.unfreeze, family.head)
+    feature_cache_s = result.feature_cache_s if result.feature_cache_s is not None else 4.0 * head_only
     run = {
         "status": "complete", "model": tcfg.model, "unfreeze": tcfg.unfreeze, "pretrained_source": source,
-        "head_only": catalogue.is_head_only(tcfg.unfreeze, family.head),
+        "head_only": head_only,
         "train_time_s": result.train_time_s, "time_to_best_s": result.train_time_s * best_epoch / tcfg.epochs,
-        "feature_cache_s": 0.0, "epochs_run": tcfg.epochs, "images_per_s": 120.0, "peak_memory_mb": 900.0,
+        **costs.cost_totals(1.0, feature_cache_s, result.train_time_s),
+        "epochs_run": tcfg.epochs, "images_per_s": 120.0, "peak_memory_mb": 900.0,
         "params_total": result.total, "params_trainable": result.trainable,
         "backbone_lr_scale": catalogue.effective_backbone_lr_scale(catalogue.weight_source(source, tcfg.model),
                                                                    tcfg.backbone_lr_scale),
         "best_epoch": best_epoch, "best_val_accuracy": result.val_correct / N_EVAL,
         "test_accuracy": metrics["accuracy"], "checkpoint_bytes": result.total * 4, "latency_ms_per_image": 2.5,
-        "image_size": size, "class_names": class_names, "device": "cpu", "num_processes": 1,
+        "latency": FAKE_LATENCY, "image_size": size, "class_names": class_names, "device": "cpu", "num_processes": 1,
         "mixed_precision": "no", "seed": tcfg.seed, "splits_sha256": hfdata.manifest_hash(tcfg.splits),
         "splits": str(tcfg.splits), "args": dataclasses.asdict(tcfg), "versions": {},
         "finished_at": "2026-01-01T00:00:00+0000",

@@ -86,6 +86,10 @@ def test_card_metadata_and_numbers_come_from_the_run(run_dir, tmp_path):
     assert "![Training and validation" in text and "(figures/curves.png)" in text
     assert "| dog | cane | 8 | 4 | 4 |" in text  # split table from splits.csv, with the Animals-10 folder name
     assert "**Animals-10** into 10 classes" in text and "animals-10" in data.tags  # its classes are Animals-10's
+    run = json.loads((run_dir / "run.json").read_text())  # costs: the total (caches + training), latency's spread
+    assert f"in {run['total_s']:.1f} s in total: {run['cache_s']:.1f} s of one-time" in text
+    b1 = run["latency"]["batch_1"]
+    assert f"latency {b1['median_ms']:.2f} ms ± {b1['iqr_ms']:.2f} ms (median ± IQR of batch-1 timings" in text
 
 
 def test_card_of_fine_tuned_and_offline_runs_is_honest(run_dir, tmp_path):

@@ -139,6 +139,33 @@ def test_findings_match_comparison_csv(written, tiny_study):
     assert f"test {float(best['test_accuracy']):.3f}" in printed and f"{gap:+.1f} pp" in printed
 
 
+def test_costs_are_compared_on_total_time_and_latency_on_median_and_spread(written, tiny_study):
+    text = markdown_text(nbformat.read(written["ipynb"], as_version=4))
+    with open(tiny_study / "comparison.csv", newline="") as fh:
+        rows = {r["run"]: {k: v for k, v in r.items()} for r in csv.DictReader(fh)}
+    head, full = rows["tf_efficientnet_lite0__classifier"], rows["tf_efficientnet_lite0__all"]
+    cache, train, total = (float(head[k]) for k in ("cache_s", "train_time_s", "total_s"))
+    assert cache > 0 and total == pytest.approx(cache + train)  # the head-only run's feature pass is counted
+    results = section(text, report.SECTIONS[5])
+    assert "| cache time | train time | total time |" in results
+    assert f"| {cache:,.1f} s | {train:,.1f} s | {total:,.1f} s |" in results and "| 2.50 ± 0.10 |" in results
+    practical = section(text, report.SECTIONS[7])
+    fraction = total / float(full["total_s"])
+    assert (f"[classifier] cost {total:,.1f} s vs {float(full['total_s']):,.1f} s for [all] ({100 * fraction:.0f} %)"
+            in practical)
+    assert ": a fraction of fine-tuning" in practical
+    assert "needs 2.50 ms ± 0.10 ms (median ± IQR of batch-1 timings, 2 threads; batch 32: 800 images/s)" in practical
+
+
+def test_head_only_is_not_called_cheap_when_its_feature_pass_outweighs_the_savings(sample_dir, tmp_path):
+    results = tiny_results()
+    results["tf_efficientnet_lite0__classifier"] = Result(31, 30, 12_810, 3_384_138, 7.0, feature_cache_s=120.0)
+    out = build_tiny_study(tmp_path / "study", sample_dir, results)
+    practical = section(markdown_text(report.build_notebook(report.load_study(out))), report.SECTIONS[7])
+    assert "[classifier] cost 128.0 s vs 81.0 s for [all] (158 %)" in practical  # 1 + 120 + 7 s vs 1 + 80 s
+    assert "not a fraction of fine-tuning everywhere" in practical and ": a fraction of fine-tuning" not in practical
+
+
 def test_offline_runs_labelled_everywhere(written, tiny_study):
     nb = nbformat.read(written["ipynb"], as_version=4)
     text = markdown_text(nb)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from fake_runs import Result, run_fake_study
-from hf_animals import catalogue, report, runs, study
+from hf_animals import catalogue, locking, report, runs, study
 from hf_animals.errors import UserError
 
 
@@ -151,3 +151,10 @@ def test_sweep_tie_is_broken_by_one_rule_in_study_json_report_and_final_run(samp
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "**Chosen:** learning rate 0.03, batch size 16" in text
     assert "**animals_cnn5__sweep_lr0.03_bs16**" in text and "**animals_cnn5__sweep_lr0.01_bs16**" not in text
+
+
+def test_a_study_folder_in_use_is_refused(sample_dir, cache_dir, tmp_path):
+    with locking.hold_folder(tmp_path / "s", what="study"):
+        with pytest.raises(UserError, match="in use by another study"):
+            study.run_study(tiny_config(sample_dir, tmp_path / "s", cache_dir, families=("scratch",)))
+        assert locking.folder_entries(tmp_path / "s") == []

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hf_animals import catalogue, checkpoints, data, evaluation, models, runs, training
+from hf_animals import catalogue, checkpoints, data, evaluation, locking, models, runs, training
 from hf_animals.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +195,29 @@ def test_two_real_processes_match_one_process_on_the_same_checkpoint(sample_dir,
     assert single["num_samples"] == 30
     assert single["accuracy"] == pytest.approx(run["best_val_accuracy"], abs=1e-6)
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == 30
+
+
+def test_all_processes_refuse_a_run_folder_in_use(sample_dir, cache_dir, tmp_path):
+    """torchrun: rank 0 alone tries the lock and every rank reports the same refusal (none waits forever)."""
+    out = tmp_path / "busy"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", HF_ANIMALS_CACHE=str(cache_dir))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           str(ROOT / "scripts" / "train.py"), "--model", "animals_cnn5", "--data-dir", str(sample_dir),
+           "--output-dir", str(out), "--epochs", "1", "--image-size", "32", "--no-progress"]
+    with locking.hold_folder(out):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 2, proc.stderr[-3000:]
+    assert errors[0] == errors[1] and f"{out} is in use by another run: process {os.getpid()} " in errors[0]
+    assert locking.folder_entries(out) == []  # nothing written by either process
+
+
+def test_a_run_in_use_is_never_overwritten(lite0_run, sample_dir, cache_dir):
+    out, _ = lite0_run
+    before = (out / "model.safetensors").read_bytes()
+    with locking.hold_folder(out), pytest.raises(UserError, match="in use by another run"):
+        training.train(lite0_head(sample_dir, out, cache_dir, overwrite=True))
+    assert (out / "model.safetensors").read_bytes() == before
 
 
 def test_existing_run_is_never_overwritten_without_asking(lite0_run, sample_dir, cache_dir):
