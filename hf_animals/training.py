@@ -27,6 +27,8 @@ from . import data as hfdata
 from . import metrics as hfmetrics
 from . import models as hfmodels
 from . import plots
+from . import precision as hfprecision  # issue 13
+from .meters import EpochMeter, NonFiniteLoss, ProgressRefresher  # issue 13
 from .errors import UserError
 
 RUN_FILES = ("config.json", "model.safetensors", "history.csv", "history.json", "metrics.json", "run.json")
@@ -61,7 +63,7 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs without val-accuracy gain; 0 = off
     image_size: int | None = None  # None: the model's pretrained config (data and model agree)
     augment: bool = True
-    mixed_precision: str | None = None  # None: from accelerate config / `accelerate launch`
+    mixed_precision: str | None = "auto"  # auto: bf16/fp16 where the hardware has it (precision.py); None = auto
     seed: int = 42
     pretrained: bool = True
     pretrained_file: str | None = None
@@ -101,8 +103,9 @@ class TrainConfig:
             raise UserError(f"unknown schedule {self.sched!r}; choose from cosine, step, none")
         if self.pipeline not in ("cached", "naive"):
             raise UserError(f"unknown pipeline {self.pipeline!r}; choose from cached, naive")
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose from no, fp16, bf16")
+        if self.mixed_precision not in (None, *hfprecision.CHOICES):
+            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; "
+                            f"choose from {', '.join(hfprecision.CHOICES)}")
 
 
 OPTIMIZERS = {
@@ -249,10 +252,11 @@ def naive_split(cfg: TrainConfig, rows: list[dict], split: str, class_names: lis
 # The loop
 # ----------------------------------------------------------------------------------------------------------------
 def make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
     from accelerate.utils import DataLoaderConfiguration
 
-    kwargs = {"mixed_precision": cfg.mixed_precision} if cfg.mixed_precision else {}
+    # issue 13: `auto` resolved for this process's device (PartialState is the device Accelerator will use)
+    kwargs = {"mixed_precision": hfprecision.resolve_mixed_precision(cfg.mixed_precision, PartialState().device)}
     try:
         # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
         # runs shuffle exactly like an uninterrupted single run.
@@ -367,7 +371,8 @@ def _train(cfg: TrainConfig) -> dict:
     total_params, trainable_params = hfmodels.count_params(model)
     accelerator.print(f"{cfg.model} [{cfg.unfreeze}] {model.pretrained_source}: {trainable_params:,} of "
                       f"{total_params:,} parameters trainable; {accelerator.num_processes} process(es) on "
-                      f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
+                      f"{accelerator.device}, mixed precision "
+                      f"{hfprecision.describe(cfg.mixed_precision, accelerator.mixed_precision)}"
                       + (f"; frozen-prefix features cached ({'+'.join(cached_splits)})" if split else ""))
     stale = state["epoch"] - state["best_epoch"]
     first_epoch = state["epoch"] + 1
@@ -385,9 +390,10 @@ def _train(cfg: TrainConfig) -> dict:
         hfmodels.set_train_mode(model)  # frozen BatchNorm stays in eval mode: its statistics never drift
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", leave=False,
                    disable=not (cfg.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
-        seen = correct = 0
         wait = 0.0
-        loss_sum = torch.zeros((), device=accelerator.device)
+        # --- issue 13: sync-free hot loop (meters.py): statistics stay on the device, read at sync points ---
+        meter = EpochMeter(accelerator.device)
+        refresher = ProgressRefresher(bar, meter, num_processes=accelerator.num_processes)
         batches = iter(train_loader)
         for step in range(steps_per_epoch):
             t_wait = time.perf_counter()
@@ -403,34 +409,33 @@ def _train(cfg: TrainConfig) -> dict:
             with accelerator.autocast():
                 logits = train_module(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}: lower --lr or use --mixed-precision no;"
-                    f" the last finished epoch's checkpoint (if any) is kept in {out}")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach() * y.numel()
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += y.numel()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
-                            img_s=f"{seen * accelerator.num_processes / (time.perf_counter() - t0):.0f}")
+            meter.update(loss, logits, y)
+            try:
+                refresher.step()  # a sync point every few steps / fraction of a second: also checks finiteness
+            except NonFiniteLoss as bad:
+                raise _non_finite(bad, epoch, out) from None
         bar.close()
-        stats = accelerator.reduce(torch.tensor([loss_sum.item(), correct, seen], device=accelerator.device), "sum")
+        try:
+            train_loss, train_acc, train_seen = meter.totals(accelerator)  # the epoch's one sync
+        except NonFiniteLoss as bad:
+            raise _non_finite(bad, epoch, out) from None
+        # --- end issue 13 hot loop ---
         train_time = time.perf_counter() - t0
         val_loss, val_acc = validate(val_module, val_loader, accelerator)
         epoch_time = time.perf_counter() - t0
         row = {
             "epoch": epoch,
-            "train_loss": stats[0].item() / stats[2].item(),
-            "train_acc": stats[1].item() / stats[2].item(),
+            "train_loss": train_loss,
+            "train_acc": train_acc,
             "val_loss": val_loss,
             "val_acc": val_acc,
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time_s": epoch_time,
-            "images_per_s": stats[2].item() / train_time,
+            "images_per_s": train_seen / train_time,
             "data_wait_fraction": wait / train_time,
         }
         state["history"].append(row)
@@ -494,6 +499,12 @@ def _train(cfg: TrainConfig) -> dict:
         _write_json(out / "run.json", summary)
     accelerator.wait_for_everyone()
     return summary or {}
+
+
+def _non_finite(bad: NonFiniteLoss, epoch: int, out: Path) -> UserError:
+    """issue 13: raised at a sync point, before this epoch saves anything, so the last good checkpoint stays."""
+    return UserError(f"non-finite loss at epoch {epoch}, step {bad.step}: lower --lr or use --mixed-precision no;"
+                     f" the last finished epoch's checkpoint (if any) is kept in {out}")
 
 
 def check_head_trains(model: torch.nn.Module, unfreeze: str) -> None:
