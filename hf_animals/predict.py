@@ -21,6 +21,7 @@ import torch
 
 from . import data as hfdata
 from . import models as hfmodels
+from . import precision as hfprecision
 from .errors import UserError
 
 LABEL_LANGUAGES = ("it", "en", "index")
@@ -69,6 +70,7 @@ class Predictor:
     device: torch.device
     source: str
     batch_size: int = 64
+    precision: str = "no"  # resolved autocast precision of inference: no / fp16 / bf16 (precision.py)
 
     @torch.no_grad()
     def predict_pixels(self, pixels_uint8: torch.Tensor) -> torch.Tensor:
@@ -76,7 +78,8 @@ class Predictor:
         out = []
         for i in range(0, len(pixels_uint8), self.batch_size):
             x = pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True)
-            logits = self.model(hfdata.normalize_batch(x, self.mean, self.std))
+            with hfprecision.inference_autocast(self.device, self.precision):
+                logits = self.model(hfdata.normalize_batch(x, self.mean, self.std))
             out.append(logits.float().softmax(1).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
@@ -92,10 +95,11 @@ class Predictor:
 
 
 def load_predictor(source: str | os.PathLike, *, device: str | torch.device | None = None,
-                   batch_size: int = 64) -> Predictor:
+                   batch_size: int = 64, mixed_precision: str | None = "auto") -> Predictor:
     """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR' or 'hf-hub:USER/NAME'.
 
     Image size: config.json's hf_animals.image_size (what training used), else the pretrained_cfg input size.
+    Precision: `auto` runs inference under bf16/fp16 autocast where the device has it natively (as training does).
     """
     model, class_names = hfmodels.load_model(source)
     config = saved_config(source)
@@ -104,8 +108,12 @@ def load_predictor(source: str | os.PathLike, *, device: str | torch.device | No
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available")
+    try:
+        precision = hfprecision.resolve_mixed_precision(mixed_precision, device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     return Predictor(model.to(device).eval(), list(class_names), int(size), tuple(dcfg["mean"]), tuple(dcfg["std"]),
-                     device, str(source), batch_size)
+                     device, str(source), batch_size, precision)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -337,12 +345,12 @@ def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: 
                    label_language: str = "it", id_column: str | None = None, label_column: str | None = None,
                    id_from: str | None = None, sample_submission: str | os.PathLike | None = None,
                    probabilities: bool = False, batch_size: int = 64, device: str | None = None,
-                   num_workers: int = 0) -> PredictResult:
+                   num_workers: int = 0, mixed_precision: str | None = "auto") -> PredictResult:
     """Load `model`, predict every image under `images`, write the submission CSV (the whole of scripts/predict.py)."""
     output_labels(["dog"], label_language)  # a bad flag fails before the model loads
     if sample_submission is not None:
         read_sample_submission(sample_submission)
-    predictor = load_predictor(model, device=device, batch_size=batch_size)
+    predictor = load_predictor(model, device=device, batch_size=batch_size, mixed_precision=mixed_precision)
     output_labels(predictor.class_names, label_language)
     prediction = predict_folder(predictor, images, num_workers=num_workers)
     submission = make_submission(prediction, label_language=label_language, id_column=id_column,

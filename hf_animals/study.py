@@ -77,7 +77,7 @@ class StudyConfig:
     weights: str = "auto"  # auto: Hub weights if they can be had, else random init labelled offline; hub: required
     families: tuple[str, ...] = ("scratch", "resnet18", "mobilenetv2", "efficientnet_lite0")
     optimizer: str = "sgd"
-    mixed_precision: str | None = None
+    mixed_precision: str | None = "auto"  # precision.resolve_mixed_precision decides per run's device
     cache_dir: str | None = None
     progress: bool = True
 

@@ -257,12 +257,24 @@ def make_accelerator(cfg: TrainConfig):
 
     # issue 13: `auto` resolved for this process's device (PartialState is the device Accelerator will use)
     kwargs = {"mixed_precision": hfprecision.resolve_mixed_precision(cfg.mixed_precision, PartialState().device)}
+    _allow_new_precision(kwargs["mixed_precision"])
     try:
         # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
         # runs shuffle exactly like an uninterrupted single run.
         return Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
     except ValueError as err:  # e.g. fp16 asked for on a machine that cannot do it
         raise UserError(f"mixed precision {cfg.mixed_precision!r}: {err}") from None
+
+
+def _allow_new_precision(wanted: str) -> None:
+    """issue 13: one process may run several runs at different precisions (the benchmark's fp32 naive baseline, then
+    hf_animals at `auto`; a study; tests), but Accelerate's AcceleratorState is a process-wide singleton that refuses
+    a second precision. Clear it (not PartialState: devices and process group stay) when the precision changes."""
+    from accelerate.state import AcceleratorState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and current != wanted:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -613,8 +625,11 @@ def latency_ms_per_image(model: torch.nn.Module, pixels: torch.Tensor, device, n
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig | None = None, accelerator=None,
-                 arrays=None, data_dir: str | None = None) -> dict:
-    """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots."""
+                 arrays=None, data_dir: str | None = None, mixed_precision: str | None = None) -> dict:
+    """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots.
+
+    mixed_precision: inference precision (auto/no/fp16/bf16); None: the run's own setting. Recorded in the metrics.
+    """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise UserError(f"{run_dir} has no config.json: not a finished run folder")
@@ -628,6 +643,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig |
         cfg = TrainConfig(**{**args, "resume": False, "overwrite": False})
         if data_dir:
             cfg.data_dir = data_dir
+    if mixed_precision is not None:  # issue 13: evaluate.py --mixed-precision
+        cfg = dataclasses.replace(cfg, mixed_precision=mixed_precision)
     accelerator = accelerator or make_accelerator(cfg)
     model, class_names = hfmodels.load_model(run_dir)
     dcfg = hfmodels.data_config(model)
@@ -641,6 +658,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, cfg: TrainConfig |
     preds, _ = predict_arrays(net, pixels, accelerator)
     metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
     metrics["split"] = split
+    metrics["mixed_precision"] = accelerator.mixed_precision  # issue 13: what the predictions were computed in
     metrics["latency_ms_per_image"] = latency_ms_per_image(net, pixels, accelerator.device)
     if accelerator.is_main_process:
         suffix = "" if split == "test" else f"_{split}"

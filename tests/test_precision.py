@@ -63,17 +63,21 @@ def test_inference_autocast_runs_in_the_resolved_dtype():
         assert layer(x).dtype == torch.float32
 
 
-def test_a_bf16_run_records_and_prints_its_precision(sample_dir, cache_dir, tmp_path, capsys, monkeypatch):
+def test_runs_record_and_print_their_precision_also_when_it_changes_in_one_process(sample_dir, cache_dir, tmp_path,
+                                                                                   capsys, monkeypatch):
+    """fp32 then bf16 in one process, as the benchmark does (Accelerate's state is a process-wide singleton)."""
     from hf_animals import training
 
     monkeypatch.delenv(precision.LAUNCHER_ENV, raising=False)
-    cfg = training.TrainConfig(model="animals_cnn5", data_dir=str(sample_dir), output_dir=str(tmp_path / "run"),
-                               epochs=1, batch_size=16, image_size=32, train_per_class=4, val_per_class=2,
-                               test_per_class=2, progress=False, cache_dir=str(cache_dir), mixed_precision="bf16")
-    summary = training.train(cfg)
-    assert summary["mixed_precision"] == "bf16"
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["mixed_precision"] == "bf16"
-    assert "mixed precision bf16 (asked for)" in capsys.readouterr().out
+    for value in ("no", "bf16"):
+        out = tmp_path / value
+        summary = training.train(training.TrainConfig(
+            model="animals_cnn5", data_dir=str(sample_dir), output_dir=str(out), epochs=1, batch_size=16,
+            image_size=32, train_per_class=4, val_per_class=2, test_per_class=2, progress=False,
+            cache_dir=str(cache_dir), mixed_precision=value))
+        assert summary["mixed_precision"] == value
+        assert json.loads((out / "run.json").read_text())["mixed_precision"] == value
+        assert f"mixed precision {value} (asked for)" in capsys.readouterr().out
 
 
 def test_auto_run_records_what_it_resolved_to(sample_dir, cache_dir, tmp_path, monkeypatch):
