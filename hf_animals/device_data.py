@@ -28,6 +28,15 @@ def tensors_nbytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def dataset_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) of an in-memory dataset: a TensorDataset or the decoded-image cache's dataset."""
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1]
+    if getattr(dataset, "transform", None) is not None:
+        raise ValueError("a per-image transform cannot run on device-resident batches")
+    return dataset.pixels, dataset.labels
+
+
 def fits_on_device(nbytes: int, device: torch.device | str, fraction: float = DEVICE_MEMORY_FRACTION) -> bool:
     """Whether `nbytes` more can live on `device`: CUDA asks the driver for free memory; a CPU tensor is already in
     host memory, so indexing it in place costs nothing more."""
@@ -103,6 +112,9 @@ class DeviceBatches:
         return [rows[i:i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # A DataLoader iterator draws one int64 from torch's global CPU generator (its workers' base seed); drawing it
+        # too keeps every later random number (augmentation, dropout on a CPU) what the DataLoader path gives.
+        torch.empty((), dtype=torch.int64).random_()
         batches = self.batch_indices()
         if not batches:
             return

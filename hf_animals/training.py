@@ -28,6 +28,7 @@ from . import metrics as hfmetrics
 from . import models as hfmodels
 from . import plots
 from . import precision as hfprecision  # issue 13
+from .device_data import DeviceBatches, dataset_tensors, fits_on_device, tensors_nbytes  # issue 13
 from .meters import EpochMeter, NonFiniteLoss, ProgressRefresher  # issue 13
 from .errors import UserError
 
@@ -351,24 +352,38 @@ def _train(cfg: TrainConfig) -> dict:
     # Cached pixels are augmented per image but batched, on the device, after the loader (no loader-side work).
     batch_augment = hfdata.batch_augmentation(image_size) if cfg.augment and cfg.pipeline == "cached" else None
 
-    workers = default_workers(cfg)
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                              num_workers=workers, pin_memory=accelerator.device.type == "cuda",
-                              persistent_workers=workers > 0)
-    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=workers,
-                            pin_memory=accelerator.device.type == "cuda")
+    # --- issue 13: the cached pipeline's tensors live on the device; batches are indexed there (device_data.py) in
+    # the DataLoader path's exact seeded, sharded order. On a CPU they already are in memory: same code, no loader.
+    device_batches = cfg.pipeline == "cached" and fits_on_device(
+        tensors_nbytes(*dataset_tensors(train_set), *dataset_tensors(val_set)), accelerator.device)
+    if device_batches:
+        shard = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+        train_loader = DeviceBatches(*dataset_tensors(train_set), cfg.batch_size, accelerator.device, shuffle=True,
+                                     seed=cfg.seed, **shard)  # seed: the seedable sampler's (initial seed)
+        val_loader = DeviceBatches(*dataset_tensors(val_set), max(cfg.batch_size, 64), accelerator.device,
+                                   shuffle=False, **shard)
+    else:  # --- end issue 13 (the DataLoaders below are unchanged) ---
+        workers = default_workers(cfg)
+        train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                                  num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+                                  persistent_workers=workers > 0)
+        val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), shuffle=False, num_workers=workers,
+                                pin_memory=accelerator.device.type == "cuda")
 
     groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
                                    weight_decay=cfg.weight_decay)
     backbone_scale = hfmodels.effective_backbone_lr_scale(model, cfg.backbone_lr_scale)
     optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    steps_per_epoch = len(train_loader) if device_batches else math.ceil(len(train_loader) / accelerator.num_processes)
     if cfg.max_train_batches:
         steps_per_epoch = min(steps_per_epoch, cfg.max_train_batches)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
-    prepared, optimizer, train_loader, val_loader = accelerator.prepare(train_module, optimizer, train_loader,
-                                                                       val_loader)
+    if device_batches:  # issue 13: no loaders for Accelerate to wrap
+        prepared, optimizer = accelerator.prepare(train_module, optimizer)
+    else:
+        prepared, optimizer, train_loader, val_loader = accelerator.prepare(train_module, optimizer, train_loader,
+                                                                           val_loader)
     val_module = prepared if val_module is train_module else val_module.to(accelerator.device)
     train_module = torch.compile(prepared) if cfg.compile else prepared
     accelerator.register_for_checkpointing(scheduler)
@@ -568,17 +583,25 @@ def prefix_features(prefix: torch.nn.Module, pixels: torch.Tensor, accelerator, 
 
 @torch.no_grad()
 def validate(module, loader, accelerator) -> tuple[float, float]:
-    """Loss and accuracy over the whole split; gather_for_metrics drops the padding of uneven shards."""
+    """Loss and accuracy over the whole split; gather_for_metrics (or, for device-resident batches, their own
+    gather at the end) drops the padding of uneven shards."""
     module.eval()
+    on_device = isinstance(loader, DeviceBatches)  # issue 13
     losses, hits = [], []
     for x, y in loader:
         with accelerator.autocast():
             logits = module(x)
         loss = F.cross_entropy(logits.float(), y, reduction="none")
-        loss, pred, y = accelerator.gather_for_metrics((loss, logits.argmax(1), y))
+        pred = logits.argmax(1)
+        if not on_device:
+            loss, pred, y = accelerator.gather_for_metrics((loss, pred, y))
         losses.append(loss)
         hits.append(pred == y)
-    return torch.cat(losses).mean().item(), torch.cat(hits).float().mean().item()
+    losses = torch.cat(losses) if losses else torch.zeros(0, device=accelerator.device)
+    hits = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=accelerator.device)
+    if on_device:
+        losses, hits = loader.gather(losses, accelerator), loader.gather(hits.float(), accelerator)
+    return losses.mean().item(), hits.float().mean().item()
 
 
 def _checkpoint_meta(cfg: TrainConfig, model, image_size: int) -> dict:
