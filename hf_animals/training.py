@@ -254,10 +254,13 @@ def naive_split(cfg: TrainConfig, rows: list[dict], split: str, class_names: lis
 # ----------------------------------------------------------------------------------------------------------------
 def make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env
 
-    # issue 13: `auto` resolved for this process's device (PartialState is the device Accelerator will use)
-    kwargs = {"mixed_precision": hfprecision.resolve_mixed_precision(cfg.mixed_precision, PartialState().device)}
+    # issue 13: `auto` resolved for this process's device. PartialState is the device (and process group) Accelerator
+    # will reuse; ACCELERATE_USE_CPU must reach it as Accelerator's own state would pass it, or a CPU torchrun
+    # launch would be set up as one process.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    kwargs = {"mixed_precision": hfprecision.resolve_mixed_precision(cfg.mixed_precision, state.device)}
     _allow_new_precision(kwargs["mixed_precision"])
     try:
         # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
