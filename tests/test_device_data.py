@@ -112,3 +112,24 @@ def test_fits_on_device():
     if torch.cuda.is_available():
         free, _ = torch.cuda.mem_get_info()
         assert device_data.fits_on_device(free // 4, "cuda") and not device_data.fits_on_device(free, "cuda")
+
+
+def test_training_on_device_batches_matches_the_dataloader_path(sample_dir, cache_dir, tmp_path, monkeypatch):
+    """Augmentation and dropout on: same batches and the same global random stream give the same history."""
+    import json
+
+    from hf_animals import training
+
+    def run(name):
+        out = tmp_path / name
+        training.train(training.TrainConfig(
+            model="animals_cnn5", data_dir=str(sample_dir), output_dir=str(out), epochs=2, batch_size=8,
+            image_size=32, train_per_class=4, val_per_class=2, test_per_class=2, progress=False, drop_rate=0.3,
+            cache_dir=str(cache_dir), mixed_precision="no"))
+        return json.loads((out / "history.json").read_text())
+
+    on_device = run("device")
+    monkeypatch.setattr(training, "fits_on_device", lambda nbytes, device: False)  # the DataLoader path
+    loader = run("loader")
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc")
+    assert [[r[k] for k in keys] for r in on_device] == [[r[k] for k in keys] for r in loader]
