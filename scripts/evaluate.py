@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="inference autocast; auto: bf16 where the CPU/GPU has it natively (default %(default)s)")
     args = p.parse_args(argv)
     m = training.evaluate_run(args.run, args.split, data_dir=args.data_dir, mixed_precision=args.mixed_precision)
-    print(f"{args.split} (mixed precision {m['mixed_precision']}): accuracy {m['accuracy']:.4f}  precision {m['precision_macro']:.4f}  "
-          f"recall {m['recall_macro']:.4f}  f1 {m['f1_macro']:.4f}  ({m['num_samples']} images)")
+    print(f"{args.split} (mixed precision {m['mixed_precision']}): accuracy {m['accuracy']:.4f}  "
+          f"precision {m['precision_macro']:.4f}  recall {m['recall_macro']:.4f}  f1 {m['f1_macro']:.4f}  ({m['num_samples']} images)")
     print(json.dumps({k: v["f1"] for k, v in m["per_class"].items()}, indent=None))
     return 0
 
