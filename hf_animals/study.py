@@ -40,7 +40,7 @@ class StudyConfig:
     # none: every family from random init
     families: tuple[str, ...] = ("scratch", "resnet18", "mobilenetv2", "efficientnet_lite0")
     optimizer: str = "sgd"
-    mixed_precision: str | None = None
+    mixed_precision: str | None = "auto"  # precision.resolve_mixed_precision decides per run's device
     cache_dir: str | None = None
     progress: bool = True
 

@@ -32,7 +32,10 @@ from . import augment as hfaugment
 from . import catalogue, checkpoints, evaluation, image_cache, plots, preprocess, run_data, runs
 from . import data as hfdata
 from . import models as hfmodels
+from . import precision as hfprecision  # issue 13
+from .device_data import DeviceBatches, dataset_tensors, fits_on_device, tensors_nbytes  # issue 13
 from .errors import UserError
+from .meters import EpochMeter, NonFiniteLoss, ProgressRefresher  # issue 13
 
 @dataclass
 class TrainConfig:
@@ -61,7 +64,7 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs without val-accuracy gain; 0 = off
     image_size: int | None = None  # None: the model's pretrained config (data and model agree)
     augment: bool = True
-    mixed_precision: str | None = None  # None: from accelerate config / `accelerate launch`
+    mixed_precision: str | None = "auto"  # auto: bf16/fp16 where the hardware has it (precision.py); None = auto
     seed: int = 42
     pretrained: bool = True
     pretrained_file: str | None = None
@@ -103,8 +106,9 @@ class TrainConfig:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.sched not in ("cosine", "step", "none"):
             raise UserError(f"unknown schedule {self.sched!r}; choose from cosine, step, none")
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose from no, fp16, bf16")
+        if self.mixed_precision not in (None, *hfprecision.CHOICES):
+            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; "
+                            f"choose from {', '.join(hfprecision.CHOICES)}")
         if self.offline_fallback and self.pretrained:
             raise UserError("offline_fallback records a run that could not get pretrained weights: "
                             "it needs pretrained=False")
@@ -136,8 +140,8 @@ class TrainingSetup:
     regime: hfmodels.Unfrozen  # what models.apply_regime unfroze, as it returned it
     train_module: torch.nn.Module  # prepared module that is stepped: the model, or its trainable suffix
     val_module: torch.nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: DataLoader | DeviceBatches  # issue 13: DeviceBatches when the tensors fit on the device
+    val_loader: DataLoader | DeviceBatches
     optimizer: torch.optim.Optimizer
     scheduler: Any
     steps_per_epoch: int
@@ -204,19 +208,34 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     # Cached pixels are augmented per image but batched, on the device, after the loader (no loader-side work).
     batch_augment = hfaugment.batch_augmentation(image_size) if cfg.augment and injected is None else None
 
-    pin = accelerator.device.type == "cuda"
-    train_loader = DataLoader(split_data.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                              num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
-    val_loader = DataLoader(split_data.val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
-                            num_workers=cfg.num_workers, pin_memory=pin)
+    # --- issue 13: the cache's tensors live on the device; batches are indexed there (device_data.py) in the
+    # DataLoader path's exact seeded, sharded order. On a CPU they already are in memory: same code, no loader.
+    device_batches = injected is None and fits_on_device(
+        tensors_nbytes(*dataset_tensors(split_data.train_set), *dataset_tensors(split_data.val_set)),
+        accelerator.device)
+    if device_batches:
+        shard = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+        train_loader = DeviceBatches(*dataset_tensors(split_data.train_set), cfg.batch_size, accelerator.device,
+                                     shuffle=True, seed=cfg.seed, **shard)  # seed: the seedable sampler's
+        val_loader = DeviceBatches(*dataset_tensors(split_data.val_set), max(cfg.batch_size, 64), accelerator.device,
+                                   shuffle=False, **shard)
+    else:  # --- end issue 13 (the DataLoaders below are unchanged) ---
+        pin = accelerator.device.type == "cuda"
+        train_loader = DataLoader(split_data.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                                  num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
+        val_loader = DataLoader(split_data.val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
+                                num_workers=cfg.num_workers, pin_memory=pin)
     groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
                                    weight_decay=cfg.weight_decay)
     optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    steps_per_epoch = len(train_loader) if device_batches else math.ceil(len(train_loader) / accelerator.num_processes)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
-    prepared, optimizer, train_loader, val_loader = accelerator.prepare(split_data.train_module, optimizer,
-                                                                       train_loader, val_loader)
+    if device_batches:  # issue 13: no loaders for Accelerate to wrap
+        prepared, optimizer = accelerator.prepare(split_data.train_module, optimizer)
+    else:
+        prepared, optimizer, train_loader, val_loader = accelerator.prepare(split_data.train_module, optimizer,
+                                                                           train_loader, val_loader)
     val_module = prepared if split_data.val_module is split_data.train_module else \
         split_data.val_module.to(accelerator.device)
     accelerator.register_for_checkpointing(scheduler)
@@ -313,12 +332,15 @@ def train_one_epoch(s: TrainingSetup, epoch: int) -> dict:
 
     accelerator = s.accelerator
     t0 = time.perf_counter()
-    hfmodels.set_train_mode(s.model)  # frozen BatchNorm stays in eval mode: its statistics never drift
+    # The module actually stepped: on cached features that is the trainable suffix, whose head dropout is not a
+    # module of the model, and which validate() left in eval mode. Frozen BatchNorm stays in eval mode.
+    hfmodels.set_train_mode(s.train_module)
     bar = tqdm(total=s.steps_per_epoch, desc=f"epoch {epoch}/{s.cfg.epochs}", leave=False,
                disable=not (s.cfg.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
-    seen = correct = 0
     wait = 0.0
-    loss_sum = torch.zeros((), device=accelerator.device)
+    # --- issue 13: sync-free hot loop (meters.py): statistics stay on the device, read at sync points ---
+    meter = EpochMeter(accelerator.device)
+    refresher = ProgressRefresher(bar, meter, num_processes=accelerator.num_processes)
     batches = iter(s.train_loader)
     for step in range(s.steps_per_epoch):
         t_wait = time.perf_counter()
@@ -327,22 +349,31 @@ def train_one_epoch(s: TrainingSetup, epoch: int) -> dict:
         if batch is None:
             break
         x, y = batch
-        loss, logits = _train_step(s, x, y, epoch, step)
-        loss_sum += loss * y.numel()
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += y.numel()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen * accelerator.num_processes / (time.perf_counter() - t0):.0f}")
+        loss, logits = _train_step(s, x, y)
+        meter.update(loss, logits, y)
+        try:
+            refresher.step()  # a sync point every few steps / fraction of a second: also checks finiteness
+        except NonFiniteLoss as bad:
+            raise _non_finite(bad, epoch, s.out) from None
     bar.close()
-    stats = accelerator.reduce(torch.tensor([loss_sum.item(), correct, seen], device=accelerator.device), "sum")
+    try:
+        train_loss, train_acc, seen = meter.totals(accelerator)  # the epoch's one sync
+    except NonFiniteLoss as bad:
+        raise _non_finite(bad, epoch, s.out) from None
+    # --- end issue 13 hot loop ---
     train_time = time.perf_counter() - t0
-    return {"train_loss": stats[0].item() / stats[2].item(), "train_acc": stats[1].item() / stats[2].item(),
-            "images_per_s": stats[2].item() / train_time, "data_wait_fraction": wait / train_time}
+    return {"train_loss": train_loss, "train_acc": train_acc, "images_per_s": seen / train_time,
+            "data_wait_fraction": wait / train_time}
 
 
-def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int):
-    """One optimizer step on a batch: (detached loss, logits)."""
+def _non_finite(bad: NonFiniteLoss, epoch: int, out: Path) -> UserError:
+    """issue 13: raised at a sync point, before this epoch saves anything, so the last good checkpoint stays."""
+    return UserError(f"non-finite loss at epoch {epoch}, step {bad.step}: lower --lr or use --mixed-precision no;"
+                     f" the last finished epoch's checkpoint (if any) is kept in {out}")
+
+
+def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor):
+    """One optimizer step on a batch: (detached loss, logits); no host sync (issue 13: finiteness is the meter's)."""
     if s.batch_augment is not None:
         x = s.batch_augment(x)
     if s.cfg.channels_last and x.ndim == 4:
@@ -350,9 +381,6 @@ def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, epoch: int, 
     with s.accelerator.autocast():
         logits = s.train_module(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.label_smoothing)
-    if not torch.isfinite(loss):
-        raise UserError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}: lower --lr or use "
-                        f"--mixed-precision no; the last finished epoch's checkpoint (if any) is kept in {s.out}")
     s.optimizer.zero_grad(set_to_none=True)
     s.accelerator.backward(loss)
     s.optimizer.step()
@@ -362,17 +390,25 @@ def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, epoch: int, 
 
 @torch.no_grad()
 def validate(module, loader, accelerator) -> tuple[float, float]:
-    """Loss and accuracy over the whole split; gather_for_metrics drops the padding of uneven shards."""
+    """Loss and accuracy over the whole split; gather_for_metrics (or, for device-resident batches, their own
+    gather at the end) drops the padding of uneven shards."""
     module.eval()
+    on_device = isinstance(loader, DeviceBatches)  # issue 13
     losses, hits = [], []
     for x, y in loader:
         with accelerator.autocast():
             logits = module(x)
         loss = F.cross_entropy(logits.float(), y, reduction="none")
-        loss, pred, y = accelerator.gather_for_metrics((loss, logits.argmax(1), y))
+        pred = logits.argmax(1)
+        if not on_device:
+            loss, pred, y = accelerator.gather_for_metrics((loss, pred, y))
         losses.append(loss)
         hits.append(pred == y)
-    return torch.cat(losses).mean().item(), torch.cat(hits).float().mean().item()
+    losses = torch.cat(losses) if losses else torch.zeros(0, device=accelerator.device)
+    hits = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=accelerator.device)
+    if on_device:
+        losses, hits = loader.gather(losses, accelerator), loader.gather(hits.float(), accelerator)
+    return losses.mean().item(), hits.float().mean().item()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -487,7 +523,7 @@ def _announce(s: TrainingSetup) -> None:
     s.accelerator.print(
         f"{s.cfg.model} [{s.cfg.unfreeze}] {s.model.pretrained_source}: {trainable:,} of {total:,} parameters "
         f"trainable; {s.accelerator.num_processes} process(es) on {s.accelerator.device}, mixed precision "
-        f"{s.accelerator.mixed_precision}"
+        f"{hfprecision.describe(s.cfg.mixed_precision, s.accelerator.mixed_precision)}"
         + (f"; frozen-prefix features cached ({'+'.join(s.cached_splits)})" if s.cached_splits else ""))
 
 
