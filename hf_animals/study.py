@@ -17,6 +17,7 @@ from pathlib import Path
 from . import data as hfdata
 from . import models as hfmodels
 from . import plots
+from . import tracking
 from . import training
 from .errors import UserError
 
@@ -80,6 +81,8 @@ class StudyConfig:
     mixed_precision: str | None = None
     cache_dir: str | None = None
     progress: bool = True
+    report_to: str | None = None  # tracking: as TrainConfig.report_to, for every run
+    tracker_project: str | None = None  # tracking: None -> the study folder's name (one project, runs named by run)
 
     @classmethod
     def quick(cls, **kwargs) -> "StudyConfig":
@@ -153,7 +156,13 @@ def train_config(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> training.Tr
         output_dir=str(Path(cfg.output_dir) / "runs" / spec.name), splits=str(manifest), epochs=spec.epochs,
         batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=spec.regime.backbone_lr_scale, optimizer=cfg.optimizer, image_size=cfg.image_size,
         augment=spec.regime.augment, pretrained=spec.pretrained, seed=cfg.seed,
-        mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress)
+        mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress,
+        report_to=cfg.report_to, tracker_project=study_project(cfg))  # tracking
+
+
+def study_project(cfg: StudyConfig) -> str:
+    """The trackers' project of a study: every run of the study lands in it, named by its run folder."""
+    return cfg.tracker_project or Path(cfg.output_dir).resolve().name
 
 
 def run_spec(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> dict:
@@ -178,6 +187,7 @@ def run_study(cfg: StudyConfig) -> Path:
     unknown = set(cfg.families) - {r.family for r in PROTOCOL}
     if unknown:
         raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {sorted({r.family for r in PROTOCOL})}")
+    tracking.resolve_trackers(cfg.report_to)  # tracking: a missing tracker fails before the study starts
     out.mkdir(parents=True, exist_ok=True)
     manifest = study_manifest(cfg, out)
 

@@ -27,6 +27,7 @@ from . import data as hfdata
 from . import metrics as hfmetrics
 from . import models as hfmodels
 from . import plots
+from . import tracking
 from .errors import UserError
 
 RUN_FILES = ("config.json", "model.safetensors", "history.csv", "history.json", "metrics.json", "run.json")
@@ -77,6 +78,8 @@ class TrainConfig:
     stop_after_epochs: int = 0  # end this invocation after N epochs, resumable (preemptible machines, tests)
     pipeline: str = "cached"  # "naive": decode every image every epoch (torchvision ImageFolder) - the baseline
     progress: bool = True
+    report_to: str | None = None  # tracking: none | tensorboard | trackio | wandb | mlflow | all | a comma list
+    tracker_project: str | None = None  # tracking: the trackers' project (None: hf_animals); the run is its folder
 
     def __post_init__(self) -> None:
         checks = {
@@ -103,6 +106,7 @@ class TrainConfig:
             raise UserError(f"unknown pipeline {self.pipeline!r}; choose from cached, naive")
         if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose from no, fp16, bf16")
+        tracking.parse_report_to(self.report_to)  # tracking: spelling only; installation is checked when training
 
 
 OPTIMIZERS = {
@@ -248,11 +252,14 @@ def naive_split(cfg: TrainConfig, rows: list[dict], split: str, class_names: lis
 # ----------------------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------------------
-def make_accelerator(cfg: TrainConfig):
+def make_accelerator(cfg: TrainConfig, run_dir: Path | None = None):
+    """The run's Accelerator; with `run_dir` (training, not evaluation) it also carries cfg.report_to's trackers."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     kwargs = {"mixed_precision": cfg.mixed_precision} if cfg.mixed_precision else {}
+    if run_dir is not None:
+        kwargs.update(tracking.accelerator_kwargs(cfg.report_to, run_dir))  # tracking: log_with + project_config
     try:
         # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
         # runs shuffle exactly like an uninterrupted single run.
@@ -284,7 +291,7 @@ def _train(cfg: TrainConfig) -> dict:
     out = _claim_output_dir(cfg)
     if cfg.resume and is_run_complete(out):
         return json.loads((out / "run.json").read_text())
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, run_dir=out)  # tracking: run_dir enables cfg.report_to
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     if accelerator.is_main_process:
@@ -369,11 +376,21 @@ def _train(cfg: TrainConfig) -> dict:
                       f"{total_params:,} parameters trainable; {accelerator.num_processes} process(es) on "
                       f"{accelerator.device}, mixed precision {accelerator.mixed_precision}"
                       + (f"; frozen-prefix features cached ({'+'.join(cached_splits)})" if split else ""))
+    # --- tracking: start (hyper-parameters) ---
+    tracker = tracking.RunTracker.start(
+        accelerator, project=cfg.tracker_project, run_name=out.name, steps_per_epoch=steps_per_epoch,
+        resume=state["epoch"] > 0,
+        config={**dataclasses.asdict(cfg), "image_size": image_size, "pretrained_source": model.pretrained_source,
+                "backbone_lr_scale_effective": backbone_scale, "params_total": total_params,
+                "params_trainable": trainable_params, "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision})
+    # --- tracking: end ---
     stale = state["epoch"] - state["best_epoch"]
     first_epoch = state["epoch"] + 1
     for epoch in range(first_epoch, cfg.epochs + 1):
         if cfg.stop_after_epochs and epoch - first_epoch >= cfg.stop_after_epochs:
             accelerator.print(f"stopping after {cfg.stop_after_epochs} epoch(s) as asked; --resume continues")
+            tracker.finish()  # tracking
             return {}
         if cfg.early_stopping and stale >= cfg.early_stopping:
             accelerator.print(f"early stopping: no val-accuracy gain for {stale} epochs")
@@ -411,6 +428,7 @@ def _train(cfg: TrainConfig) -> dict:
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
+            tracker.record_step(loss, optimizer)  # tracking: kept on the device, sent once per epoch
             loss_sum += loss.detach() * y.numel()
             correct += (logits.argmax(1) == y).sum().item()
             seen += y.numel()
@@ -450,6 +468,7 @@ def _train(cfg: TrainConfig) -> dict:
             f"{row['images_per_s']:.0f} img/s  {epoch_time:.1f}s")
         accelerator.save_state(str(out / CHECKPOINT_DIR))
         row["checkpoint_s"] = time.perf_counter() - t_save  # best model + resume state, outside epoch_time_s
+        tracker.log_epoch(epoch, row)  # tracking: the epoch's step losses/lrs + this history row
         if accelerator.is_main_process:
             _write_json(out / CHECKPOINT_DIR / STATE_FILE, state)
             write_history(out, state["history"])
@@ -492,6 +511,8 @@ def _train(cfg: TrainConfig) -> dict:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _write_json(out / "run.json", summary)
+        tracker.log_final(state["epoch"], metrics, summary, out)  # tracking: test metrics, summary, figures
+    tracker.finish()  # tracking
     accelerator.wait_for_everyone()
     return summary or {}
 
