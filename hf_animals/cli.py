@@ -53,7 +53,8 @@ def add_tracking_arguments(parser: argparse.ArgumentParser, project_default: str
     g.add_argument("--report-to", default=None, metavar="{" + ",".join(REPORT_TO_CHOICES) + "}",
                    help=f"trackers, or a comma list (default: tensorboard, event files in RUN/{TB_DIR}/, when "
                         "installed, else none)")
-    g.add_argument("--tracker-project", default=None, help=f"the trackers' project (default: {project_default or DEFAULT_PROJECT})")
+    g.add_argument("--tracker-project", default=None,
+                   help=f"the trackers' project (default: {project_default or DEFAULT_PROJECT})")
 
 
 def show_library_messages() -> None:

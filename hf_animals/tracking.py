@@ -164,7 +164,8 @@ class RunTracker:
         if self.active:
             self._losses.append(loss.detach())
             self._lrs.append([group["lr"] for group in optimizer.param_groups])
-            self._group_names = [group.get("name", str(i)) for i, group in enumerate(optimizer.param_groups)]
+            if not self._group_names:
+                self._group_names = [group.get("name", str(i)) for i, group in enumerate(optimizer.param_groups)]
 
     def log_epoch(self, epoch: int, row: Mapping[str, Any]) -> None:
         """The epoch's step losses and lrs (one device->host copy), then its history row at the epoch's last step."""
