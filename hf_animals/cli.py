@@ -50,10 +50,11 @@ def add_tracking_arguments(parser: argparse.ArgumentParser, project_default: str
 
     g = parser.add_argument_group("experiment tracking")
     # No argparse `choices`: a wrong name is one `error:` line from the library (exit 2), like every input problem.
-    g.add_argument("--report-to", default=None, metavar="{" + ",".join(REPORT_TO_CHOICES) + "}",
+    # SUPPRESS: left out of the namespace unless given, so the config's own default (None) applies.
+    g.add_argument("--report-to", default=argparse.SUPPRESS, metavar="{" + ",".join(REPORT_TO_CHOICES) + "}",
                    help=f"trackers, or a comma list (default: tensorboard, event files in RUN/{TB_DIR}/, when "
                         "installed, else none)")
-    g.add_argument("--tracker-project", default=None,
+    g.add_argument("--tracker-project", default=argparse.SUPPRESS,
                    help=f"the trackers' project (default: {project_default or DEFAULT_PROJECT})")
 
 
