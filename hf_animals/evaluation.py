@@ -24,14 +24,15 @@ from . import runs
 from .errors import UserError
 
 
-def make_accelerator(mixed_precision: str | None = None):
+def make_accelerator(mixed_precision: str | None = None, **kwargs):
     """The Accelerator of training and evaluation: devices and processes from the launcher/config; precision
-    `auto` (or None) resolved for this process's device by `precision.accelerator_precision`."""
+    `auto` (or None) resolved for this process's device by `precision.accelerator_precision`. `kwargs`: more
+    Accelerator arguments (training's trackers: `tracking.accelerator_kwargs`)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     try:
-        kwargs = {"mixed_precision": hfprecision.accelerator_precision(mixed_precision)}  # issue 13
+        kwargs["mixed_precision"] = hfprecision.accelerator_precision(mixed_precision)  # issue 13
         # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
         # runs shuffle exactly like an uninterrupted single run.
         return Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)

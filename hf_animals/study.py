@@ -17,6 +17,7 @@ from pathlib import Path
 from . import catalogue, checkpoints, plots, preprocess, runs, training, weights
 from . import data as hfdata
 from .dataset_info import describe_split
+from . import tracking
 from .errors import UserError
 
 @dataclass
@@ -43,6 +44,8 @@ class StudyConfig:
     mixed_precision: str | None = "auto"  # precision.resolve_mixed_precision decides per run's device
     cache_dir: str | None = None
     progress: bool = True
+    report_to: str | None = None  # tracking: as TrainConfig.report_to, for every run
+    tracker_project: str | None = None  # tracking: None -> the study folder's name (one project, runs named by run)
 
     @classmethod
     def quick(cls, **kwargs) -> "StudyConfig":
@@ -109,7 +112,13 @@ def train_config(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> training.Tr
         batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=spec.regime.backbone_lr_scale,
         optimizer=cfg.optimizer, image_size=cfg.image_size, augment=spec.regime.augment, pretrained=spec.pretrained,
         offline_fallback=spec.offline_fallback, seed=cfg.seed,
-        mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress)
+        mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress,
+        report_to=cfg.report_to, tracker_project=study_project(cfg))  # tracking
+
+
+def study_project(cfg: StudyConfig) -> str:
+    """The trackers' project of a study: every run of the study lands in it, named by its run folder."""
+    return cfg.tracker_project or Path(cfg.output_dir).resolve().name
 
 
 def run_spec(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> runs.RunRecord:
@@ -138,6 +147,7 @@ def run_study(cfg: StudyConfig) -> Path:
     unknown = set(cfg.families) - set(known)
     if unknown:
         raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {known}")
+    tracking.resolve_trackers(cfg.report_to)  # tracking: a missing tracker fails before the study starts
     out.mkdir(parents=True, exist_ok=True)
     manifest = study_manifest(cfg, out)
 

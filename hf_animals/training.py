@@ -33,6 +33,7 @@ from . import catalogue, checkpoints, evaluation, image_cache, plots, preprocess
 from . import data as hfdata
 from . import models as hfmodels
 from . import precision as hfprecision  # issue 13
+from . import tracking
 from .device_data import DeviceBatches, dataset_tensors, fits_on_device, tensors_nbytes  # issue 13
 from .errors import UserError
 from .meters import EpochMeter, NonFiniteLoss, ProgressRefresher  # issue 13
@@ -81,6 +82,8 @@ class TrainConfig:
     overwrite: bool = False
     stop_after_epochs: int = 0  # end this invocation after N epochs, resumable (preemptible machines, tests)
     progress: bool = True
+    report_to: str | None = None  # tracking: none | tensorboard | trackio | wandb | mlflow | all | a comma list
+    tracker_project: str | None = None  # tracking: the trackers' project (None: hf_animals); the run is its folder
 
     def __post_init__(self) -> None:
         checks = {
@@ -112,6 +115,7 @@ class TrainConfig:
         if self.offline_fallback and self.pretrained:
             raise UserError("offline_fallback records a run that could not get pretrained weights: "
                             "it needs pretrained=False")
+        tracking.parse_report_to(self.report_to)  # tracking: spelling only; installation is checked when training
 
 
 OPTIMIZERS = {
@@ -167,9 +171,13 @@ def train(cfg: TrainConfig, data_source: DataSource | None = None) -> dict:
         s = setup(cfg, out, data_source)
         state = resume_state(s)
         _announce(s)
-        if not run_epochs(s, state):
-            return {}
-        return finalise(s, state)
+        tracker = start_tracker(s, state)  # tracking
+        try:
+            if not run_epochs(s, state, tracker):
+                return {}
+            return finalise(s, state, tracker)
+        finally:
+            tracker.finish()  # tracking: every exit, also stop_after_epochs (not end_training: see tracking)
     except BaseException:
         if fresh and out.is_dir() and not checkpoints.has_checkpoint(out):
             shutil.rmtree(out, ignore_errors=True)  # ignore: another process may be removing it too
@@ -180,7 +188,9 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     """Accelerator, run folder, split, model, data, loaders, optimizer and scheduler, prepared by Accelerate."""
     from accelerate.utils import set_seed
 
-    accelerator = evaluation.make_accelerator(cfg.mixed_precision)
+    # tracking: log_with + project_config for cfg.report_to; a tracker that is not installed fails here, before
+    # the run folder exists
+    accelerator = evaluation.make_accelerator(cfg.mixed_precision, **tracking.accelerator_kwargs(cfg.report_to, out))
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
     if accelerator.is_main_process:
@@ -286,7 +296,7 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 # ----------------------------------------------------------------------------------------------------------------
 # Epochs
 # ----------------------------------------------------------------------------------------------------------------
-def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
+def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState, tracker: tracking.RunTracker) -> bool:
     """Train from the epoch after `state` to the last (or an early stop); False when stopped on request
     (`stop_after_epochs`: the run is resumable, not finished)."""
     from accelerate.utils import set_seed
@@ -305,7 +315,7 @@ def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
         set_seed(cfg.seed + epoch * 1000 + accelerator.process_index)
         s.train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
-        stats = train_one_epoch(s, epoch)
+        stats = train_one_epoch(s, epoch, tracker)
         val_loss, val_acc = validate(s.val_module, s.val_loader, accelerator)
         row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                "val_loss": val_loss, "val_acc": val_acc, "lr": s.optimizer.param_groups[0]["lr"],
@@ -320,12 +330,13 @@ def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
         if improved and accelerator.is_main_process:
             save_best_model(s)
         checkpoints.save(accelerator, s.out, state, started=t_save)
+        tracker.log_epoch(epoch, state.history[-1])  # tracking: the epoch's step losses/lrs + its history row
         if accelerator.is_main_process:
             runs.write_history(s.out, state.history)
     return True
 
 
-def train_one_epoch(s: TrainingSetup, epoch: int) -> dict:
+def train_one_epoch(s: TrainingSetup, epoch: int, tracker: tracking.RunTracker) -> dict:
     """One pass over the training split: loss and accuracy over all processes, training images per second, and
     the fraction of the time the steps sat waiting for data."""
     from tqdm.auto import tqdm
@@ -350,6 +361,7 @@ def train_one_epoch(s: TrainingSetup, epoch: int) -> dict:
             break
         x, y = batch
         loss, logits = _train_step(s, x, y)
+        tracker.record_step(loss, s.optimizer)  # tracking: kept on the device, sent once per epoch
         meter.update(loss, logits, y)
         try:
             refresher.step()  # a sync point every few steps / fraction of a second: also checks finiteness
@@ -438,10 +450,22 @@ def resume_state(s: TrainingSetup) -> checkpoints.TrainerState:
     return state
 
 
+def start_tracker(s: TrainingSetup, state: checkpoints.TrainerState) -> tracking.RunTracker:
+    """tracking: the run's trackers started with its hyper-parameters (a resumed run continues its own)."""
+    total, trainable = hfmodels.count_params(s.model)
+    config = {**dataclasses.asdict(s.cfg), "image_size": s.preprocessing.image_size,
+              "pretrained_source": s.model.pretrained_source,
+              "backbone_lr_scale_effective": hfmodels.effective_backbone_lr_scale(s.model, s.cfg.backbone_lr_scale),
+              "params_total": total, "params_trainable": trainable, "num_processes": s.accelerator.num_processes,
+              "mixed_precision": s.accelerator.mixed_precision}
+    return tracking.RunTracker.start(s.accelerator, project=s.cfg.tracker_project, run_name=s.out.name,
+                                     steps_per_epoch=s.steps_per_epoch, resume=state.epoch > 0, config=config)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The end of a run
 # ----------------------------------------------------------------------------------------------------------------
-def finalise(s: TrainingSetup, state: checkpoints.TrainerState) -> dict:
+def finalise(s: TrainingSetup, state: checkpoints.TrainerState, tracker: tracking.RunTracker) -> dict:
     """Test metrics of the best model, the curves, then run.json: written last, it marks the run complete."""
     if s.accelerator.is_main_process:
         plots.plot_curves(state.history, s.out / "curves.png", title=f"{s.cfg.model} [{s.cfg.unfreeze}]")
@@ -450,6 +474,7 @@ def finalise(s: TrainingSetup, state: checkpoints.TrainerState) -> dict:
     if s.accelerator.is_main_process:
         summary = run_summary(s, state, metrics)
         runs.write_json(s.out / runs.RUN_JSON, summary)
+        tracker.log_final(state.epoch, metrics, summary, s.out)  # tracking: test metrics, summary, figures
     s.accelerator.wait_for_everyone()
     return summary or {}
 

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    cli.add_tracking_arguments(p, project_default="the study folder's name; each run is named by its folder")
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
     overrides = dict(args.pop("lr_override"))

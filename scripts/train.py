@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --output-dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    cli.add_tracking_arguments(p)
     return p
 
 

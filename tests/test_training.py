@@ -121,7 +121,8 @@ def test_head_dropout_on_cached_features_is_active_in_every_training_epoch(sampl
     assert dropouts
     seen = []  # (training mode, grad enabled) of every forward through the head dropout
     dropouts[0].register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
-    assert training.run_epochs(s, training.resume_state(s))
+    state = training.resume_state(s)
+    assert training.run_epochs(s, state, training.start_tracker(s, state))
     training_steps = [mode for mode, grad in seen if grad]
     assert len(training_steps) == 2 * s.steps_per_epoch and all(training_steps)
     assert not any(mode for mode, grad in seen if not grad)  # validation ran in eval mode
