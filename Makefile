@@ -14,11 +14,10 @@ export GRADIO_ANALYTICS_ENABLED := False
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-app.txt setup.cfg
+$(VENV)/.installed: requirements.txt setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -r requirements-app.txt  # app + ONNX: see the file's header
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@

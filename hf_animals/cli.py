@@ -46,6 +46,20 @@ def _parse(text: str, kind: type, what: str):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
 
 
+def add_tracking_arguments(parser: argparse.ArgumentParser, project_default: str | None = None) -> None:
+    """--report-to / --tracker-project, shared by train.py and study.py (names as in the HF examples)."""
+    from .tracking import DEFAULT_PROJECT, REPORT_TO_CHOICES, TB_DIR
+
+    g = parser.add_argument_group("experiment tracking")
+    # No argparse `choices`: a wrong name is one `error:` line from the library (exit 2), like every input problem.
+    # SUPPRESS: left out of the namespace unless given, so the config's own default (None) applies.
+    g.add_argument("--report-to", default=argparse.SUPPRESS, metavar="{" + ",".join(REPORT_TO_CHOICES) + "}",
+                   help=f"trackers, or a comma list (default: tensorboard, event files in RUN/{TB_DIR}/, when "
+                        "installed, else none)")
+    g.add_argument("--tracker-project", default=argparse.SUPPRESS,
+                   help=f"the trackers' project (default: {project_default or DEFAULT_PROJECT})")
+
+
 def show_library_messages() -> None:
     """Print the library's own INFO messages (skipped files, duplicates found) plainly, without other libraries'."""
     logger = logging.getLogger("hf_animals")

@@ -19,17 +19,20 @@ from . import image_cache
 from . import metrics as hfmetrics
 from . import models as hfmodels
 from . import plots
+from . import precision as hfprecision
 from . import runs
 from .errors import UserError
 
 
-def make_accelerator(mixed_precision: str | None = None):
-    """The Accelerator of training and evaluation: devices, processes and precision from the launcher/config."""
+def make_accelerator(mixed_precision: str | None = None, **kwargs):
+    """The Accelerator of training and evaluation: devices and processes from the launcher/config; precision
+    `auto` (or None) resolved for this process's device by `precision.accelerator_precision`. `kwargs`: more
+    Accelerator arguments (training's trackers: `tracking.accelerator_kwargs`)."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    kwargs = {"mixed_precision": mixed_precision} if mixed_precision else {}
     try:
+        kwargs["mixed_precision"] = hfprecision.accelerator_precision(mixed_precision)  # issue 13
         # A seedable sampler gives every process the same seeded, epoch-dependent order, so resume and multi-process
         # runs shuffle exactly like an uninterrupted single run.
         return Accelerator(dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True), **kwargs)
@@ -64,11 +67,13 @@ def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, ba
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, accelerator=None, arrays=None,
-                 data_dir: str | None = None) -> dict:
+                 data_dir: str | None = None, mixed_precision: str | None = None) -> dict:
     """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots.
 
     `arrays` ({split: (uint8 pixels, labels)}) are the images training already holds; without them the run's
     own manifest is read from its run.json arguments (`data_dir` when the image folder moved since training).
+    `mixed_precision` (auto/no/fp16/bf16, evaluate.py's) overrides the run's own for inference; the precision the
+    predictions were computed in is recorded in the metrics.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
@@ -78,13 +83,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, accelerator=None, 
     model, class_names = hfmodels.load_model(run_dir)
     preprocessing = preprocess.Preprocessing.from_pretrained_cfg(model.pretrained_cfg)
     if arrays is None:
-        arrays, mixed_precision = _split_arrays_of(run_dir, data_dir)
-        accelerator = accelerator or make_accelerator(mixed_precision)
+        arrays, run_precision = _split_arrays_of(run_dir, data_dir)
+        accelerator = accelerator or make_accelerator(mixed_precision or run_precision)
     pixels, labels = arrays[split]
     net = Normalized(model, preprocessing.mean, preprocessing.std)
     preds, _ = predict_arrays(net, pixels, accelerator)
     metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
     metrics["split"] = split
+    metrics["mixed_precision"] = accelerator.mixed_precision  # issue 13: what the predictions were computed in
     metrics["latency"] = costs.measure_latency(net, pixels, accelerator.device)  # median + spread, batch 1 and 32
     metrics["latency_ms_per_image"] = metrics["latency"]["ms_per_image"]  # the batch-1 median
     if accelerator.is_main_process:

@@ -22,6 +22,7 @@ import torch
 
 from . import data as hfdata
 from . import models as hfmodels
+from . import precision as hfprecision
 from .errors import UserError
 from .preprocess import Preprocessing
 
@@ -74,6 +75,7 @@ class Predictor:
     batch_size: int = 64
     label_folders: list[str] | None = None  # label index -> class folder name in the training data, when recorded
     tta: bool = False  # test-time augmentation: the mean of the softmax of each image and of its mirror image
+    precision: str = "no"  # resolved autocast precision of inference: no / fp16 / bf16 (precision.py)
 
     @property
     def image_size(self) -> int:
@@ -93,9 +95,10 @@ class Predictor:
         out = []
         for i in range(0, len(pixels_uint8), self.batch_size):
             x = self.preprocessing.normalize(pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True))
-            probs = self.model(x).float().softmax(1)
-            if self.tta:
-                probs = (probs + self.model(x.flip(3)).float().softmax(1)) / 2
+            with hfprecision.inference_autocast(self.device, self.precision):
+                probs = self.model(x).float().softmax(1)
+                if self.tta:
+                    probs = (probs + self.model(x.flip(3)).float().softmax(1)) / 2
             out.append(probs.cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
@@ -111,11 +114,12 @@ class Predictor:
 
 
 def load_predictor(source: str | os.PathLike, *, device: str | torch.device | None = None,
-                   batch_size: int = 64, tta: bool = False) -> Predictor:
+                   batch_size: int = 64, tta: bool = False, mixed_precision: str | None = "auto") -> Predictor:
     """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR', 'hf-hub:USER/NAME' or an exported .onnx.
 
     Preprocessing: the model's pretrained_cfg only (where training wrote it, and where timm reads it); label folder
     names: config.json's `label_folders` (absent in models saved before they were recorded).
+    Precision: `auto` runs inference under bf16/fp16 autocast where the device has it natively (as training does).
     """
     from . import onnx_model  # an exported file: same Predictor, the model runs in onnxruntime
 
@@ -124,12 +128,16 @@ def load_predictor(source: str | os.PathLike, *, device: str | torch.device | No
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available")
+    try:
+        precision = hfprecision.resolve_mixed_precision(mixed_precision, device)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     model, class_names = hfmodels.load_model(source)
     preprocessing = Preprocessing.from_pretrained_cfg(model.pretrained_cfg)
     folders = saved_config(source).get("label_folders")
     label_folders = list(folders) if folders and len(folders) == len(class_names) else None
     return Predictor(model.to(device).eval(), list(class_names), preprocessing, device, str(source), batch_size,
-                     label_folders, tta)
+                     label_folders, tta, precision)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -371,12 +379,12 @@ def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: 
                    label_language: str = DEFAULT_LABEL_LANGUAGE, id_column: str | None = None, label_column: str | None = None,
                    id_from: str | None = None, sample_submission: str | os.PathLike | None = None,
                    probabilities: bool = False, batch_size: int = 64, device: str | None = None,
-                   num_workers: int = 0) -> PredictResult:
+                   num_workers: int = 0, mixed_precision: str | None = "auto") -> PredictResult:
     """Load `model`, predict every image under `images`, write the submission CSV (the whole of scripts/predict.py)."""
     output_labels(["dog"], label_language)  # a bad flag fails before the model loads
     if sample_submission is not None:
         read_sample_submission(sample_submission)
-    predictor = load_predictor(model, device=device, batch_size=batch_size)
+    predictor = load_predictor(model, device=device, batch_size=batch_size, mixed_precision=mixed_precision)
     output_labels(predictor.class_names, label_language, predictor.label_folders)
     prediction = predict_folder(predictor, images, num_workers=num_workers)
     submission = make_submission(prediction, label_language=label_language, id_column=id_column,

@@ -18,6 +18,7 @@ from . import catalogue, checkpoints, costs, plots, preprocess, runs, training, 
 from . import data as hfdata
 from . import locking
 from .dataset_info import describe_split
+from . import tracking
 from .errors import UserError
 
 @dataclass
@@ -41,9 +42,11 @@ class StudyConfig:
     # none: every family from random init
     families: tuple[str, ...] = ("scratch", "resnet18", "mobilenetv2", "efficientnet_lite0")
     optimizer: str = "sgd"
-    mixed_precision: str | None = None
+    mixed_precision: str | None = "auto"  # precision.resolve_mixed_precision decides per run's device
     cache_dir: str | None = None
     progress: bool = True
+    report_to: str | None = None  # tracking: as TrainConfig.report_to, for every run
+    tracker_project: str | None = None  # tracking: None -> the study folder's name (one project, runs named by run)
 
     @classmethod
     def quick(cls, **kwargs) -> "StudyConfig":
@@ -110,7 +113,13 @@ def train_config(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> training.Tr
         batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=spec.regime.backbone_lr_scale,
         optimizer=cfg.optimizer, image_size=cfg.image_size, augment=spec.regime.augment, pretrained=spec.pretrained,
         offline_fallback=spec.offline_fallback, seed=cfg.seed,
-        mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress)
+        mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress,
+        report_to=cfg.report_to, tracker_project=study_project(cfg))  # tracking
+
+
+def study_project(cfg: StudyConfig) -> str:
+    """The trackers' project of a study: every run of the study lands in it, named by its run folder."""
+    return cfg.tracker_project or Path(cfg.output_dir).resolve().name
 
 
 def run_spec(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> runs.RunRecord:
@@ -139,6 +148,7 @@ def run_study(cfg: StudyConfig) -> Path:
     unknown = set(cfg.families) - set(known)
     if unknown:
         raise UserError(f"unknown famil(ies) {sorted(unknown)}; choose from {known}")
+    tracking.resolve_trackers(cfg.report_to)  # a missing tracker fails before the study starts
     with locking.hold_folder(cfg.output_dir, what="study"):  # one study per folder; each run also locks its own
         return _run_locked_study(cfg, out)
 

@@ -31,7 +31,11 @@ from . import catalogue, checkpoints, costs, evaluation, faults, image_cache, lo
 from . import run_data, runs
 from . import data as hfdata
 from . import models as hfmodels
+from . import precision as hfprecision  # issue 13
+from . import tracking
+from .device_data import DeviceBatches, dataset_tensors, fits_on_device, tensors_nbytes  # issue 13
 from .errors import UserError
+from .meters import EpochMeter, NonFiniteLoss, ProgressRefresher  # issue 13
 
 @dataclass
 class TrainConfig:
@@ -60,7 +64,7 @@ class TrainConfig:
     early_stopping: int = 0  # patience in epochs without val-accuracy gain; 0 = off
     image_size: int | None = None  # None: the model's pretrained config (data and model agree)
     augment: bool = True
-    mixed_precision: str | None = None  # None: from accelerate config / `accelerate launch`
+    mixed_precision: str | None = "auto"  # auto: bf16/fp16 where the hardware has it (precision.py); None = auto
     seed: int = 42
     pretrained: bool = True
     pretrained_file: str | None = None
@@ -77,6 +81,8 @@ class TrainConfig:
     overwrite: bool = False
     stop_after_epochs: int = 0  # end this invocation after N epochs, resumable (preemptible machines, tests)
     progress: bool = True
+    report_to: str | None = None  # tracking: none | tensorboard | trackio | wandb | mlflow | all | a comma list
+    tracker_project: str | None = None  # tracking: the trackers' project (None: hf_animals); the run is its folder
 
     def __post_init__(self) -> None:
         checks = {
@@ -102,11 +108,13 @@ class TrainConfig:
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.sched not in ("cosine", "step", "none"):
             raise UserError(f"unknown schedule {self.sched!r}; choose from cosine, step, none")
-        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
-            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; choose from no, fp16, bf16")
+        if self.mixed_precision not in (None, *hfprecision.CHOICES):
+            raise UserError(f"unknown mixed precision {self.mixed_precision!r}; "
+                            f"choose from {', '.join(hfprecision.CHOICES)}")
         if self.offline_fallback and self.pretrained:
             raise UserError("offline_fallback records a run that could not get pretrained weights: "
                             "it needs pretrained=False")
+        tracking.parse_report_to(self.report_to)  # tracking: spelling only; installation is checked when training
 
 
 OPTIMIZERS = {
@@ -135,8 +143,8 @@ class TrainingSetup:
     regime: hfmodels.Unfrozen  # what models.apply_regime unfroze, as it returned it
     train_module: torch.nn.Module  # prepared module that is stepped: the model, or its trainable suffix
     val_module: torch.nn.Module
-    train_loader: DataLoader
-    val_loader: DataLoader
+    train_loader: DataLoader | DeviceBatches  # issue 13: DeviceBatches when the tensors fit on the device
+    val_loader: DataLoader | DeviceBatches
     optimizer: torch.optim.Optimizer
     scheduler: Any
     steps_per_epoch: int
@@ -172,16 +180,22 @@ def _train_locked(cfg: TrainConfig, data_source: DataSource | None) -> dict:
     s = setup(cfg, out, data_source)
     state = resume_state(s)
     _announce(s)
-    if not run_epochs(s, state):
-        return {}
-    return finalise(s, state)
+    tracker = start_tracker(s, state)
+    try:
+        if not run_epochs(s, state, tracker):
+            return {}
+        return finalise(s, state, tracker)
+    finally:
+        tracker.finish()  # every exit, also stop_after_epochs (not end_training: see tracking)
 
 
 def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) -> TrainingSetup:
     """Accelerator, run folder, split, model, data, loaders, optimizer and scheduler, prepared by Accelerate."""
     from accelerate.utils import set_seed
 
-    accelerator = evaluation.make_accelerator(cfg.mixed_precision)
+    # log_with + project_config for cfg.report_to; a tracker that is not installed fails here, before the run
+    # folder exists
+    accelerator = evaluation.make_accelerator(cfg.mixed_precision, **tracking.accelerator_kwargs(cfg.report_to, out))
     memory = costs.PeakMemory(accelerator.device)  # this run's own peak, not the process's so far
     if accelerator.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
@@ -211,19 +225,34 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     # Cached pixels are augmented per image but batched, on the device, after the loader (no loader-side work).
     batch_augment = hfaugment.batch_augmentation(image_size) if cfg.augment and injected is None else None
 
-    pin = accelerator.device.type == "cuda"
-    train_loader = DataLoader(split_data.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
-                              num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
-    val_loader = DataLoader(split_data.val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
-                            num_workers=cfg.num_workers, pin_memory=pin)
+    # --- issue 13: the cache's tensors live on the device; batches are indexed there (device_data.py) in the
+    # DataLoader path's exact seeded, sharded order. On a CPU they already are in memory: same code, no loader.
+    device_batches = injected is None and fits_on_device(
+        tensors_nbytes(*dataset_tensors(split_data.train_set), *dataset_tensors(split_data.val_set)),
+        accelerator.device)
+    if device_batches:
+        shard = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+        train_loader = DeviceBatches(*dataset_tensors(split_data.train_set), cfg.batch_size, accelerator.device,
+                                     shuffle=True, seed=cfg.seed, **shard)  # seed: the seedable sampler's
+        val_loader = DeviceBatches(*dataset_tensors(split_data.val_set), max(cfg.batch_size, 64), accelerator.device,
+                                   shuffle=False, **shard)
+    else:  # --- end issue 13 (the DataLoaders below are unchanged) ---
+        pin = accelerator.device.type == "cuda"
+        train_loader = DataLoader(split_data.train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=False,
+                                  num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
+        val_loader = DataLoader(split_data.val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
+                                num_workers=cfg.num_workers, pin_memory=pin)
     groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
                                    weight_decay=cfg.weight_decay)
     optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
-    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
+    steps_per_epoch = len(train_loader) if device_batches else math.ceil(len(train_loader) / accelerator.num_processes)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
-    prepared, optimizer, train_loader, val_loader = accelerator.prepare(split_data.train_module, optimizer,
-                                                                       train_loader, val_loader)
+    if device_batches:  # issue 13: no loaders for Accelerate to wrap
+        prepared, optimizer = accelerator.prepare(split_data.train_module, optimizer)
+    else:
+        prepared, optimizer, train_loader, val_loader = accelerator.prepare(split_data.train_module, optimizer,
+                                                                           train_loader, val_loader)
     val_module = prepared if split_data.val_module is split_data.train_module else \
         split_data.val_module.to(accelerator.device)
     accelerator.register_for_checkpointing(scheduler)
@@ -275,7 +304,7 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 # ----------------------------------------------------------------------------------------------------------------
 # Epochs
 # ----------------------------------------------------------------------------------------------------------------
-def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
+def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState, tracker: tracking.RunTracker) -> bool:
     """Train from the epoch after `state` to the last (or an early stop); False when stopped on request
     (`stop_after_epochs`: the run is resumable, not finished)."""
     from accelerate.utils import set_seed
@@ -294,7 +323,7 @@ def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
         set_seed(cfg.seed + epoch * 1000 + accelerator.process_index)
         s.train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
-        stats = train_one_epoch(s, epoch)
+        stats = train_one_epoch(s, epoch, tracker)
         val_loss, val_acc = validate(s.val_module, s.val_loader, accelerator)
         row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                "val_loss": val_loss, "val_acc": val_acc, "lr": s.optimizer.param_groups[0]["lr"],
@@ -310,24 +339,28 @@ def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState) -> bool:
             if improved and accelerator.is_main_process:
                 save_best_model(s)
             checkpoints.save(accelerator, s.out, state, started=t_save)
+        tracker.log_epoch(epoch, state.history[-1])  # the epoch's step losses/lrs + its history row
         if accelerator.is_main_process:
             runs.write_history(s.out, state.history)
     return True
 
 
-def train_one_epoch(s: TrainingSetup, epoch: int) -> dict:
+def train_one_epoch(s: TrainingSetup, epoch: int, tracker: tracking.RunTracker) -> dict:
     """One pass over the training split: loss and accuracy over all processes, training images per second, and
     the fraction of the time the steps sat waiting for data."""
     from tqdm.auto import tqdm
 
     accelerator = s.accelerator
     t0 = time.perf_counter()
-    hfmodels.set_train_mode(s.model)  # frozen BatchNorm stays in eval mode: its statistics never drift
+    # The module actually stepped: on cached features that is the trainable suffix, whose head dropout is not a
+    # module of the model, and which validate() left in eval mode. Frozen BatchNorm stays in eval mode.
+    hfmodels.set_train_mode(s.train_module)
     bar = tqdm(total=s.steps_per_epoch, desc=f"epoch {epoch}/{s.cfg.epochs}", leave=False,
                disable=not (s.cfg.progress and accelerator.is_local_main_process and sys.stderr.isatty()))
-    seen = correct = 0
     wait = 0.0
-    loss_sum = torch.zeros((), device=accelerator.device)
+    # --- issue 13: sync-free hot loop (meters.py): statistics stay on the device, read at sync points ---
+    meter = EpochMeter(accelerator.device)
+    refresher = ProgressRefresher(bar, meter, num_processes=accelerator.num_processes)
     batches = iter(s.train_loader)
     for step in range(s.steps_per_epoch):
         t_wait = time.perf_counter()
@@ -336,22 +369,32 @@ def train_one_epoch(s: TrainingSetup, epoch: int) -> dict:
         if batch is None:
             break
         x, y = batch
-        loss, logits = _train_step(s, x, y, epoch, step)
-        loss_sum += loss * y.numel()
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += y.numel()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen * accelerator.num_processes / (time.perf_counter() - t0):.0f}")
+        loss, logits = _train_step(s, x, y)
+        tracker.record_step(loss, s.optimizer)  # tracking: kept on the device, sent once per epoch
+        meter.update(loss, logits, y)
+        try:
+            refresher.step()  # a sync point every few steps / fraction of a second: also checks finiteness
+        except NonFiniteLoss as bad:
+            raise _non_finite(bad, epoch, s.out) from None
     bar.close()
-    stats = accelerator.reduce(torch.tensor([loss_sum.item(), correct, seen], device=accelerator.device), "sum")
+    try:
+        train_loss, train_acc, seen = meter.totals(accelerator)  # the epoch's one sync
+    except NonFiniteLoss as bad:
+        raise _non_finite(bad, epoch, s.out) from None
+    # --- end issue 13 hot loop ---
     train_time = time.perf_counter() - t0
-    return {"train_loss": stats[0].item() / stats[2].item(), "train_acc": stats[1].item() / stats[2].item(),
-            "images_per_s": stats[2].item() / train_time, "data_wait_fraction": wait / train_time}
+    return {"train_loss": train_loss, "train_acc": train_acc, "images_per_s": seen / train_time,
+            "data_wait_fraction": wait / train_time}
 
 
-def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int):
-    """One optimizer step on a batch: (detached loss, logits)."""
+def _non_finite(bad: NonFiniteLoss, epoch: int, out: Path) -> UserError:
+    """issue 13: raised at a sync point, before this epoch saves anything, so the last good checkpoint stays."""
+    return UserError(f"non-finite loss at epoch {epoch}, step {bad.step}: lower --lr or use --mixed-precision no;"
+                     f" the last finished epoch's checkpoint (if any) is kept in {out}")
+
+
+def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor):
+    """One optimizer step on a batch: (detached loss, logits); no host sync (issue 13: finiteness is the meter's)."""
     if s.batch_augment is not None:
         x = s.batch_augment(x)
     if s.cfg.channels_last and x.ndim == 4:
@@ -359,9 +402,6 @@ def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, epoch: int, 
     with s.accelerator.autocast():
         logits = s.train_module(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.label_smoothing)
-    if not torch.isfinite(loss):
-        raise UserError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step}: lower --lr or use "
-                        f"--mixed-precision no; the last finished epoch's checkpoint (if any) is kept in {s.out}")
     s.optimizer.zero_grad(set_to_none=True)
     s.accelerator.backward(loss)
     s.optimizer.step()
@@ -371,17 +411,25 @@ def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, epoch: int, 
 
 @torch.no_grad()
 def validate(module, loader, accelerator) -> tuple[float, float]:
-    """Loss and accuracy over the whole split; gather_for_metrics drops the padding of uneven shards."""
+    """Loss and accuracy over the whole split; gather_for_metrics (or, for device-resident batches, their own
+    gather at the end) drops the padding of uneven shards."""
     module.eval()
+    on_device = isinstance(loader, DeviceBatches)  # issue 13
     losses, hits = [], []
     for x, y in loader:
         with accelerator.autocast():
             logits = module(x)
         loss = F.cross_entropy(logits.float(), y, reduction="none")
-        loss, pred, y = accelerator.gather_for_metrics((loss, logits.argmax(1), y))
+        pred = logits.argmax(1)
+        if not on_device:
+            loss, pred, y = accelerator.gather_for_metrics((loss, pred, y))
         losses.append(loss)
         hits.append(pred == y)
-    return torch.cat(losses).mean().item(), torch.cat(hits).float().mean().item()
+    losses = torch.cat(losses) if losses else torch.zeros(0, device=accelerator.device)
+    hits = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=accelerator.device)
+    if on_device:
+        losses, hits = loader.gather(losses, accelerator), loader.gather(hits.float(), accelerator)
+    return losses.mean().item(), hits.float().mean().item()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -411,10 +459,22 @@ def resume_state(s: TrainingSetup) -> checkpoints.TrainerState:
     return state
 
 
+def start_tracker(s: TrainingSetup, state: checkpoints.TrainerState) -> tracking.RunTracker:
+    """tracking: the run's trackers started with its hyper-parameters (a resumed run continues its own)."""
+    total, trainable = hfmodels.count_params(s.model)
+    config = {**dataclasses.asdict(s.cfg), "image_size": s.preprocessing.image_size,
+              "pretrained_source": s.model.pretrained_source,
+              "backbone_lr_scale_effective": hfmodels.effective_backbone_lr_scale(s.model, s.cfg.backbone_lr_scale),
+              "params_total": total, "params_trainable": trainable, "num_processes": s.accelerator.num_processes,
+              "mixed_precision": s.accelerator.mixed_precision}
+    return tracking.RunTracker.start(s.accelerator, project=s.cfg.tracker_project, run_name=s.out.name,
+                                     steps_per_epoch=s.steps_per_epoch, resume=state.epoch > 0, config=config)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The end of a run
 # ----------------------------------------------------------------------------------------------------------------
-def finalise(s: TrainingSetup, state: checkpoints.TrainerState) -> dict:
+def finalise(s: TrainingSetup, state: checkpoints.TrainerState, tracker: tracking.RunTracker) -> dict:
     """Test metrics of the best model, the curves, then run.json: written last, it marks the run complete."""
     if s.accelerator.is_main_process:
         plots.plot_curves(state.history, s.out / "curves.png", title=f"{s.cfg.model} [{s.cfg.unfreeze}]")
@@ -423,6 +483,7 @@ def finalise(s: TrainingSetup, state: checkpoints.TrainerState) -> dict:
     if s.accelerator.is_main_process:
         summary = run_summary(s, state, metrics)
         runs.write_json(s.out / runs.RUN_JSON, summary)
+        tracker.log_final(state.epoch, metrics, summary, s.out)  # tracking: test metrics, summary, figures
     s.accelerator.wait_for_everyone()
     return summary or {}
 
@@ -497,7 +558,7 @@ def _announce(s: TrainingSetup) -> None:
     s.accelerator.print(
         f"{s.cfg.model} [{s.cfg.unfreeze}] {s.model.pretrained_source}: {trainable:,} of {total:,} parameters "
         f"trainable; {s.accelerator.num_processes} process(es) on {s.accelerator.device}, mixed precision "
-        f"{s.accelerator.mixed_precision}"
+        f"{hfprecision.describe(s.cfg.mixed_precision, s.accelerator.mixed_precision)}"
         + (f"; frozen-prefix features cached ({'+'.join(s.cached_splits)})" if s.cached_splits else ""))
 
 

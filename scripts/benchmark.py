@@ -15,7 +15,7 @@ from pathlib import Path
 # Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from hf_animals import benchmark, catalogue, cli  # noqa: E402
+from hf_animals import benchmark, catalogue, cli, precision  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--regimes", nargs="+", default=list(d.regimes), metavar="MODEL:UNFREEZE",
                    help=f"any of: {' '.join(catalogue.REGIMES)}")
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
-                   help="passed to both pipelines (default: accelerate config)")
+    p.add_argument("--mixed-precision", choices=precision.CHOICES, default=d.mixed_precision,
+                   help="the hf_animals side (auto: bf16 where the hardware has it); the naive baseline is always fp32")
     p.add_argument("--workers", type=cli.non_negative_int, default=None,
                    help="DataLoader workers for both pipelines (default: 0 for the cache, for the naive path "
                         "min(4, cores) on a GPU)")

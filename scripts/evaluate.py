@@ -13,7 +13,7 @@ from pathlib import Path
 # Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from hf_animals import cli, evaluation  # noqa: E402
+from hf_animals import cli, evaluation, precision  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,12 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", dest="run_option", metavar="RUN", help="the same, as an option (not under torchrun)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--data-dir", help="image folder, if it moved since training")
+    p.add_argument("--mixed-precision", choices=precision.CHOICES, default="auto",
+                   help="inference autocast; auto: bf16 where the CPU/GPU has it natively (default %(default)s)")
     args = p.parse_args(argv)
     if (args.run is None) == (args.run_option is None):
         p.error("give the run folder once: evaluate.py RUN (or --run RUN)")
-    m = evaluation.evaluate_run(args.run or args.run_option, args.split, data_dir=args.data_dir)
-    print(f"{args.split}: accuracy {m['accuracy']:.4f}  precision {m['precision_macro']:.4f}  "
-          f"recall {m['recall_macro']:.4f}  f1 {m['f1_macro']:.4f}  ({m['num_samples']} images)")
+    m = evaluation.evaluate_run(args.run or args.run_option, args.split, data_dir=args.data_dir,
+                                mixed_precision=args.mixed_precision)
+    print(f"{args.split} (mixed precision {m['mixed_precision']}): accuracy {m['accuracy']:.4f}  "
+          f"precision {m['precision_macro']:.4f}  recall {m['recall_macro']:.4f}  f1 {m['f1_macro']:.4f}  "
+          f"({m['num_samples']} images)")
     print(json.dumps({k: v["f1"] for k, v in m["per_class"].items()}, indent=None))
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 # Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from hf_animals import catalogue, cli, study  # noqa: E402
+from hf_animals import catalogue, cli, precision, study  # noqa: E402
 from hf_animals.errors import UserError  # noqa: E402
 
 
@@ -52,10 +52,12 @@ def main(argv: list[str] | None = None) -> int:
                         f"'{catalogue.OFFLINE_SOURCE}'; hub: required; none: random init for every family")
     p.add_argument("--families", nargs="+", default=list(d.families), help="subset of the protocol's families")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer)
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    p.add_argument("--mixed-precision", choices=precision.CHOICES, default=d.mixed_precision,
+                   help="auto: bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32 (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cache-dir")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    cli.add_tracking_arguments(p, project_default="the study folder's name; each run is named by its folder")
     args = vars(p.parse_args(argv))
     quick = args.pop("quick")
     overrides = dict(args.pop("lr_override"))

@@ -13,7 +13,7 @@ from pathlib import Path
 # Run from a checkout without install; drop scripts/ from the path so scripts/evaluate.py never shadows `evaluate`.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from hf_animals import cli, training  # noqa: E402
+from hf_animals import cli, precision, training  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", required=True, help="run folder")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
-                   help="default: from accelerate config / launcher")
+    g.add_argument("--mixed-precision", choices=precision.CHOICES, default=d.mixed_precision,
+                   help="auto: bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32; a launcher's "
+                        "fp16/bf16 (accelerate launch --mixed_precision) wins over auto (default %(default)s)")
     g.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
                    help="always run the frozen prefix (the cache is exact; this is for benchmarking)")
     g.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --output-dir")
     g.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
     g.add_argument("--no-progress", dest="progress", action="store_false")
+    cli.add_tracking_arguments(p)
     return p
 
 

@@ -15,6 +15,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def trackio_dir(tmp_path_factory) -> Path:
+    """trackio's local store for the session (it reads $TRACKIO_DIR once, at import), never ~/.cache."""
+    path = tmp_path_factory.mktemp("trackio")
+    os.environ["TRACKIO_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One decoded-image cache for the whole session, outside the user's ~/.cache."""

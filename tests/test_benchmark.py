@@ -26,6 +26,7 @@ def tiny(tmp_path_factory):
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--work-dir", str(work / "w"), "--per-class", "4",
          "--val-per-class", "2", "--source-size", "40", "--image-size", "32", "--epochs", "2", "--batch-size", "16",
          "--regimes", "animals_cnn5:all", "resnet18:fc", "--augment-batches", "1", "--threads", "1", "--quiet",
+         "--mixed-precision", "no",  # both sides fp32, so the pipelines' agreement is checked at fp32's tolerance
          "--json", str(out)],
         capture_output=True, text=True, timeout=300, env={**_env(), "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -48,6 +49,7 @@ def test_json_has_the_documented_schema(tiny):
             assert isinstance(row[key], (int, float)) and math.isfinite(row[key]), (name, key)
         assert row["naive_epoch_s"] > 0 and row["epoch_s"] > 0 and row["cache_s"] > 0
         assert 0 <= row["data_wait_fraction"] <= 1
+        assert row["mixed_precision"] == {"naive": "no", "hf_animals": "no"}
 
 
 def test_both_pipelines_reach_the_same_accuracy(tiny):

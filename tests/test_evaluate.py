@@ -47,7 +47,8 @@ def test_two_processes_under_torchrun_give_the_single_process_accuracy(run_copy,
     both = json.loads((run_copy / "metrics_val.json").read_text())
     assert both["num_samples"] == one["num_samples"] == 40  # 4 per class: padding of the uneven shard dropped
     assert both["accuracy"] == one["accuracy"] and both["confusion_matrix"] == one["confusion_matrix"]
-    assert f"val: accuracy {one['accuracy']:.4f}" in single.stdout and f"accuracy {one['accuracy']:.4f}" in two.stdout
+    assert f"val (mixed precision {one['mixed_precision']}): accuracy {one['accuracy']:.4f}" in single.stdout
+    assert f"accuracy {one['accuracy']:.4f}" in two.stdout
 
 
 def test_run_option_still_works_for_plain_python_and_needs_one_run(run_copy, cache_dir, capsys, monkeypatch):

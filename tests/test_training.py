@@ -111,6 +111,23 @@ def test_feature_cache_trains_exactly_like_the_full_forward(kw, sample_dir, cach
         torch.testing.assert_close(w1[key], w2[key], rtol=1e-4, atol=1e-5)
 
 
+def test_head_dropout_on_cached_features_is_active_in_every_training_epoch(sample_dir, cache_dir, tmp_path):
+    """The cached-feature path steps the model's trainable suffix, whose head dropout is its own module, and
+    validation puts that suffix in eval mode: the next epoch must turn training mode back on."""
+    cfg = lite0_head(sample_dir, tmp_path / "drop", cache_dir, epochs=2, drop_rate=0.5)
+    s = training.setup(cfg, tmp_path / "drop")
+    assert s.cached_splits == ("train", "val")  # the suffix is what is stepped
+    dropouts = [m for m in s.train_module.modules() if isinstance(m, torch.nn.Dropout) and m.p == 0.5]
+    assert dropouts
+    seen = []  # (training mode, grad enabled) of every forward through the head dropout
+    dropouts[0].register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    state = training.resume_state(s)
+    assert training.run_epochs(s, state, training.start_tracker(s, state))
+    training_steps = [mode for mode, grad in seen if grad]
+    assert len(training_steps) == 2 * s.steps_per_epoch and all(training_steps)
+    assert not any(mode for mode, grad in seen if not grad)  # validation ran in eval mode
+
+
 def scratch_cnn(sample_dir, cache_dir, out, **kw) -> training.TrainConfig:
     """Scratch CNN with augmentation and dropout: every source of randomness must line up after a resume."""
     args = dict(model="animals_cnn5", unfreeze="all", data_dir=str(sample_dir), epochs=3, lr=0.02, drop_rate=0.3,
