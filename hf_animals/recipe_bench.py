@@ -18,10 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import augment as hfaugment
 from . import data as hfdata
+from . import image_cache
 from . import models as hfmodels
 from . import recipe
 from .lr_probe import lr_range_test
+from .preprocess import normalize_batch
 
 __all__ = ['Recipe', 'PlainCNN', 'load_split_arrays', 'run_recipe', 'EXPERIMENTS']
 
@@ -70,7 +73,7 @@ def load_split_arrays(data_dir: str, out_dir: str, image_size: int, seed: int = 
     if not manifest.exists():
         hfdata.prepare_splits(data_dir, out_dir, train=300, val=75, test=75, seed=seed)
     rows = hfdata.read_manifest(manifest, data_dir, verify=False)
-    arrays = hfdata.cached_split_arrays(data_dir, manifest, image_size, verify=False)
+    arrays = image_cache.cached_split_arrays(data_dir, manifest, image_size, verify=False)
     return dict(arrays=arrays, class_names=hfdata.class_names(rows), image_size=image_size)
 
 
@@ -115,21 +118,14 @@ def _accuracy(module: nn.Module, norm, pixels: torch.Tensor, labels: torch.Tenso
     return hits / len(pixels)
 
 
-def _set_train(model: nn.Module) -> None:
-    if hasattr(model, 'regime'):
-        hfmodels.set_train_mode(model)
-    else:
-        model.train()
-
-
 def run_recipe(r: Recipe, split: dict, seed: int = 0, probe_steps: int = 150) -> dict:
     """Train `r` on the split, validate raw (and EMA) weights every epoch; test the best by validation accuracy."""
     torch.manual_seed(seed)
     x_train, y_train = split['arrays']['train']
     num_classes, size = len(split['class_names']), split['image_size']
     model, mean, std = _build(r, num_classes, size)
-    norm = lambda x: hfdata.normalize_batch(x, mean, std)  # noqa: E731
-    augment = hfdata.batch_augmentation(size) if r.augment else None
+    norm = lambda x: normalize_batch(x, mean, std)  # noqa: E731
+    augment = hfaugment.batch_augmentation(size) if r.augment else None
     mix = recipe.MixupCutmix(num_classes, label_smoothing=r.label_smoothing) if r.mixup else None
     order = torch.Generator().manual_seed(seed)
 
@@ -158,7 +154,7 @@ def run_recipe(r: Recipe, split: dict, seed: int = 0, probe_steps: int = 150) ->
     probe = None
     lr = r.lr
     if lr == 'auto':
-        _set_train(model)
+        hfmodels.set_train_mode(model)
         probe = lr_range_test(model, lambda: _optimizer(r, model, 1e-3), list(batches()), loss_of,
                               start_lr=1e-6, end_lr=1.0, steps=probe_steps)
         lr = probe.chosen_lr
@@ -171,7 +167,7 @@ def run_recipe(r: Recipe, split: dict, seed: int = 0, probe_steps: int = 150) ->
     best = dict(val=-1.0)
     history, step, t0 = [], 0, time.perf_counter()
     for epoch in range(1, r.epochs + 1):
-        _set_train(model)
+        hfmodels.set_train_mode(model)
         losses = []
         for batch in batches():
             loss = loss_of(batch)
@@ -213,7 +209,7 @@ def linear_probe(split: dict, model_name: str = 'tf_efficientnet_lite0', epochs:
                               split['image_size'])
     model.eval()
     with torch.no_grad():
-        feats = {k: torch.cat([model.forward_head(model.forward_features(hfdata.normalize_batch(
+        feats = {k: torch.cat([model.forward_head(model.forward_features(normalize_batch(
             x[i:i + 250], mean, std)), pre_logits=True) for i in range(0, len(x), 250)])
             for k, (x, _) in split['arrays'].items()}
     labels = {k: y for k, (_, y) in split['arrays'].items()}

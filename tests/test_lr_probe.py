@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_animals import data as hfdata
+from hf_animals.preprocess import load_rgb_resized, normalize_batch
 from hf_animals.lr_probe import choose_lr, lr_range_test, smooth_losses
 from hf_animals.models import create_model, data_config, param_groups
 
@@ -16,7 +16,7 @@ def test_range_test_on_a_tiny_cnn_picks_inside_its_range_and_restores_the_weight
     torch.manual_seed(0)
     folders = sorted(d for d in sample_dir.iterdir() if d.is_dir())
     files = [(p, i) for i, d in enumerate(folders) for p in sorted(d.iterdir())[:4]]
-    x = torch.stack([torch.from_numpy(hfdata.load_rgb_resized(p, 32)).permute(2, 0, 1) for p, _ in files])
+    x = torch.stack([torch.from_numpy(load_rgb_resized(p, 32)).permute(2, 0, 1) for p, _ in files])
     y = torch.tensor([i for _, i in files])
     model = create_model("animals_cnn5", len(folders), widths=(8, 16, 16))
     cfg = data_config(model)
@@ -25,7 +25,7 @@ def test_range_test_on_a_tiny_cnn_picks_inside_its_range_and_restores_the_weight
 
     def loss_of(batch):
         xb, yb = batch
-        return F.cross_entropy(model(hfdata.normalize_batch(xb, cfg["mean"], cfg["std"])), yb)
+        return F.cross_entropy(model(normalize_batch(xb, cfg["mean"], cfg["std"])), yb)
 
     probe = lr_range_test(model, lambda: torch.optim.AdamW(param_groups(model, 1e-3), lr=1e-3), batches, loss_of,
                           start_lr=1e-5, end_lr=10.0, steps=40)

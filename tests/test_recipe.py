@@ -9,16 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_animals import data as hfdata
+from hf_animals.preprocess import load_rgb_resized, normalize_batch
 from hf_animals import recipe
-from hf_animals.models import FAMILIES, create_model, data_config
+from hf_animals.catalogue import FAMILIES
+from hf_animals.models import create_model, data_config
 
 
 def _head(model: nn.Module) -> nn.Linear:
     return [m for m in model.get_classifier().modules() if isinstance(m, nn.Linear)][-1]
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [f.model for f in FAMILIES.values()])
 def test_zero_head_init_starts_every_family_at_the_uniform_prediction(name):
     model = create_model(name, 10, pretrained=False).eval()
     assert recipe.head_is_new(model)
@@ -58,8 +59,8 @@ def test_zero_head_init_lowers_lite0s_initial_loss_below_timms_default(sample_di
     folders = sorted(d for d in sample_dir.iterdir() if d.is_dir())
     files = [(p, i) for i, d in enumerate(folders) for p in sorted(d.iterdir())[:2]]
     labels = torch.tensor([i for _, i in files])
-    pixels = torch.stack([torch.from_numpy(hfdata.load_rgb_resized(p, 64)).permute(2, 0, 1) for p, _ in files])
-    x = hfdata.normalize_batch(pixels, cfg["mean"], cfg["std"])
+    pixels = torch.stack([torch.from_numpy(load_rgb_resized(p, 64)).permute(2, 0, 1) for p, _ in files])
+    x = normalize_batch(pixels, cfg["mean"], cfg["std"])
     loss_zero, loss_default = recipe.initial_loss(zero, x, labels), recipe.initial_loss(default, x, labels)
     assert loss_zero == pytest.approx(math.log(10), abs=1e-5)
     assert loss_default > loss_zero
