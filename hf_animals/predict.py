@@ -22,6 +22,7 @@ import torch
 
 from . import data as hfdata
 from . import models as hfmodels
+from . import recipe
 from .errors import UserError
 from .preprocess import Preprocessing
 
@@ -73,6 +74,7 @@ class Predictor:
     source: str
     batch_size: int = 64
     label_folders: list[str] | None = None  # label index -> class folder name in the training data, when recorded
+    tta: bool = False  # average the softmax of each image and its mirror image (recipe.tta_probabilities)
 
     @property
     def image_size(self) -> int:
@@ -92,8 +94,9 @@ class Predictor:
         out = []
         for i in range(0, len(pixels_uint8), self.batch_size):
             x = pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True)
-            logits = self.model(self.preprocessing.normalize(x))
-            out.append(logits.float().softmax(1).cpu())
+            net = lambda v: self.model(self.preprocessing.normalize(v))  # noqa: E731
+            probs = recipe.tta_probabilities(net, x) if self.tta else net(x).float().softmax(1)
+            out.append(probs.cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
     def load_pixels(self, path: str | os.PathLike) -> torch.Tensor:
@@ -108,7 +111,7 @@ class Predictor:
 
 
 def load_predictor(source: str | os.PathLike, *, device: str | torch.device | None = None,
-                   batch_size: int = 64) -> Predictor:
+                   batch_size: int = 64, tta: bool = False) -> Predictor:
     """A Predictor for a run folder, a saved-model folder, 'local-dir:DIR' or 'hf-hub:USER/NAME'.
 
     Preprocessing: the model's pretrained_cfg only (where training wrote it, and where timm reads it); label folder
@@ -122,7 +125,7 @@ def load_predictor(source: str | os.PathLike, *, device: str | torch.device | No
     folders = saved_config(source).get("label_folders")
     label_folders = list(folders) if folders and len(folders) == len(class_names) else None
     return Predictor(model.to(device).eval(), list(class_names), preprocessing, device, str(source), batch_size,
-                     label_folders)
+                     label_folders, tta)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -364,12 +367,12 @@ def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: 
                    label_language: str = DEFAULT_LABEL_LANGUAGE, id_column: str | None = None, label_column: str | None = None,
                    id_from: str | None = None, sample_submission: str | os.PathLike | None = None,
                    probabilities: bool = False, batch_size: int = 64, device: str | None = None,
-                   num_workers: int = 0) -> PredictResult:
+                   num_workers: int = 0, tta: bool = False) -> PredictResult:
     """Load `model`, predict every image under `images`, write the submission CSV (the whole of scripts/predict.py)."""
     output_labels(["dog"], label_language)  # a bad flag fails before the model loads
     if sample_submission is not None:
         read_sample_submission(sample_submission)
-    predictor = load_predictor(model, device=device, batch_size=batch_size)
+    predictor = load_predictor(model, device=device, batch_size=batch_size, tta=tta)
     output_labels(predictor.class_names, label_language, predictor.label_folders)
     prediction = predict_folder(predictor, images, num_workers=num_workers)
     submission = make_submission(prediction, label_language=label_language, id_column=id_column,

@@ -173,7 +173,7 @@ def study_manifest(cfg: StudyConfig, out: Path) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 COMPARISON_COLUMNS = (
     "run", "stage", "family", "model", "regime", "weights", "lr", "backbone_lr", "batch_size", "epochs", "best_val_accuracy",
-    "best_epoch", "test_accuracy", "precision_macro", "recall_macro", "f1_macro", "train_time_s", "time_to_best_s",
+    "best_epoch", "test_accuracy", "test_accuracy_tta", "precision_macro", "recall_macro", "f1_macro", "train_time_s", "time_to_best_s",
     "images_per_s", "peak_memory_mb", "params_total", "params_trainable", "checkpoint_mb", "latency_ms_per_image",
     "selected",
 )
@@ -193,7 +193,8 @@ def comparison_row(spec: RunSpec, record: runs.RunRecord, selected: bool = False
         "backbone_lr": None if record.head_only else spec.lr * run["backbone_lr_scale"],
         "batch_size": spec.batch_size,
         "epochs": run["epochs_run"], "best_val_accuracy": record.best_val_accuracy, "best_epoch": run["best_epoch"],
-        "test_accuracy": record.test_accuracy, "precision_macro": m["precision_macro"],
+        "test_accuracy": record.test_accuracy, "test_accuracy_tta": (m.get("tta") or {}).get("accuracy"),
+        "precision_macro": m["precision_macro"],
         "recall_macro": m["recall_macro"], "f1_macro": m["f1_macro"], "train_time_s": run["train_time_s"],
         "time_to_best_s": run["time_to_best_s"], "images_per_s": run["images_per_s"],
         "peak_memory_mb": run["peak_memory_mb"], "params_total": run["params_total"],

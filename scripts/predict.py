@@ -38,14 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=cli.positive_int, default=64)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU when there is one)")
     p.add_argument("--num-workers", type=cli.non_negative_int, default=0, help="image decoding processes")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the probabilities of each image and its mirror image")
     args = p.parse_args(argv)
     r = predict.predict_to_csv(args.model, args.images, args.output, label_language=args.label_language,
                                id_column=args.id_column, label_column=args.label_column, id_from=args.id_from,
                                sample_submission=args.sample_submission, probabilities=args.probabilities,
-                               batch_size=args.batch_size, device=args.device, num_workers=args.num_workers)
+                               batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
+                               tta=args.tta)
     pr = r.predictor
     print(f"model {pr.source}: {pr.model.pretrained_cfg.get('architecture')}, {len(pr.class_names)} classes, "
-          f"{pr.image_size} px, on {pr.device}")
+          f"{pr.image_size} px, on {pr.device}" + (", TTA: image + mirror image" if pr.tta else ""))
     print(f"{len(r.prediction.paths)} images predicted; {len(r.prediction.ignored)} non-image file(s) ignored")
     for path, err in r.prediction.unreadable:
         print(f"warning: unreadable, no row written: {err}", file=sys.stderr)
