@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -112,3 +113,34 @@ def lr_range_test(model: nn.Module, make_optimizer: Callable[[], torch.optim.Opt
         model.load_state_dict(saved_state)
     smoothed = smooth_losses(losses, beta)
     return LrProbe(lrs, losses, smoothed, choose_lr(lrs, smoothed), 'min_div10', start_lr, end_lr, diverged)
+
+
+PROBE_FILE = "lr_probe.json"
+PROBE_FIGURE = "lr_probe.png"
+
+
+def probe_run_lr(run_dir: Path, module: nn.Module, make_optimizer: Callable[[float], torch.optim.Optimizer],
+                 loader: Iterable, loss_of_batch: Callable[[object], torch.Tensor], *, steps: int, resume: bool,
+                 title: str = "", is_main_process: bool = True) -> LrProbe:
+    """`--lr auto` for one run: the range test on the run's own training batches, saved as lr_probe.json + .png.
+
+    A resumed run reads its earlier choice back instead of probing again, so it continues with the same lr.
+    make_optimizer(lr): the run's optimizer (its parameter groups) at base lr `lr`.
+    """
+    from . import plots, runs
+
+    path = Path(run_dir) / PROBE_FILE
+    if resume and path.is_file():
+        return LrProbe(**runs.read_json(path))
+    probe = lr_range_test(module, lambda: make_optimizer(1e-3), loader, loss_of_batch, steps=steps)
+    if is_main_process:
+        runs.write_json(path, probe.as_dict())
+        plots.plot_lr_probe(probe.lrs, probe.losses, probe.smoothed, probe.chosen_lr, Path(run_dir) / PROBE_FIGURE,
+                            title=title or f"lr range test: chosen {probe.chosen_lr:.2g} (min loss / 10)")
+    return probe
+
+
+def probe_summary(probe: LrProbe) -> dict:
+    """What run.json records of a probe (the curve itself is in lr_probe.json)."""
+    return {"chosen_lr": probe.chosen_lr, "rule": probe.rule, "start_lr": probe.start_lr, "end_lr": probe.end_lr,
+            "steps_run": len(probe.lrs), "diverged": probe.diverged, "figure": PROBE_FIGURE}

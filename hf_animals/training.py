@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import augment as hfaugment
-from . import catalogue, checkpoints, evaluation, image_cache, plots, preprocess, recipe, run_data, runs
+from . import catalogue, checkpoints, evaluation, image_cache, lr_probe, plots, preprocess, recipe, run_data, runs
 from . import data as hfdata
 from . import models as hfmodels
 from .errors import UserError
@@ -64,6 +64,8 @@ class TrainConfig:
     ema_decay: float | None = None  # None: horizon of a tenth of the run (recipe.ema_decay_for)
     mixup: float = 0.0  # Mixup alpha (0 = off); only where the model sees images (not cached frozen features)
     cutmix: float = 0.0  # CutMix alpha (0 = off)
+    lr_auto: bool = False  # `--lr auto`: the head lr from a range test on the training split (lr_probe)
+    lr_probe_steps: int = 200
     sched: str = "cosine"
     warmup_epochs: int = 0
     early_stopping: int = 0  # patience in epochs without val-accuracy gain; 0 = off
@@ -102,6 +104,7 @@ class TrainConfig:
             "ema_decay": self.ema_decay is None or 0 < self.ema_decay < 1,
             "mixup": self.mixup >= 0,
             "cutmix": self.cutmix >= 0,
+            "lr_probe_steps": self.lr_probe_steps >= 2,
             "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
             "early_stopping": self.early_stopping >= 0,
             "image_size": self.image_size is None or self.image_size >= 32,
@@ -158,6 +161,7 @@ class TrainingSetup:
     ema: Any = None  # timm ModelEmaV3 of the full model (--ema), part of the resume state
     ema_val_module: torch.nn.Module | None = None  # the EMA weights, consuming what val_module consumes
     mixup: recipe.MixupCutmix | None = None  # on normalised images, when the model sees images in training
+    lr_probe: Any = None  # lr_probe.LrProbe of `--lr auto`
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,9 +227,14 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
                               num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
     val_loader = DataLoader(split_data.val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
                             num_workers=cfg.num_workers, pin_memory=pin)
-    groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
-                                   weight_decay=cfg.weight_decay)
-    optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+    def make_optimizer(lr: float) -> torch.optim.Optimizer:
+        groups = hfmodels.param_groups(model, lr, backbone_lr_scale=cfg.backbone_lr_scale,
+                                       weight_decay=cfg.weight_decay)
+        return OPTIMIZERS[cfg.optimizer](groups, dataclasses.replace(cfg, lr=lr))
+
+    probe = probe_lr(cfg, out, split_data, batch_augment, train_loader, make_optimizer, accelerator) \
+        if cfg.lr_auto else None
+    optimizer = make_optimizer(probe.chosen_lr if probe else cfg.lr)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
@@ -240,7 +249,26 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     return TrainingSetup(cfg, accelerator, out, manifest, class_names, preprocessing, arrays, model, regime,
                          torch.compile(prepared) if cfg.compile else prepared, val_module, train_loader, val_loader,
                          optimizer, scheduler, steps_per_epoch, batch_augment, split_data.feature_cache_s,
-                         split_data.cached_splits, ema, ema_val_module, mixup)
+                         split_data.cached_splits, ema, ema_val_module, mixup, probe)
+
+
+def probe_lr(cfg: TrainConfig, out: Path, split_data, batch_augment, loader, make_optimizer, accelerator):
+    """`--lr auto`: the range test (lr_probe) with the run's module, optimizer groups, augmentation and loss (plain
+    cross-entropy with the run's label smoothing; Mixup is left out of the probe), on the training device."""
+    module = split_data.train_module.to(accelerator.device)
+    hfmodels.set_train_mode(module)
+
+    def loss_of(batch):
+        x, y = (t.to(accelerator.device) for t in batch)
+        x = batch_augment(x) if batch_augment is not None else x
+        with accelerator.autocast():
+            return F.cross_entropy(module(x).float(), y, label_smoothing=cfg.label_smoothing)
+
+    probe = lr_probe.probe_run_lr(out, module, make_optimizer, loader, loss_of, steps=cfg.lr_probe_steps,
+                                  resume=cfg.resume, is_main_process=accelerator.is_main_process,
+                                  title=f"{cfg.model} [{cfg.unfreeze}]: lr range test")
+    accelerator.print(f"lr range test: lr {probe.chosen_lr:.3g} (min smoothed loss / 10, {len(probe.lrs)} steps)")
+    return probe
 
 
 def make_ema(cfg: TrainConfig, model, dcfg: dict, split_data, steps_per_epoch: int, accelerator):
@@ -508,7 +536,9 @@ def recipe_record(s: TrainingSetup) -> dict:
     cached features, head init on a trained head)."""
     return {"head_init": recipe.head_is_new(s.model) and s.cfg.head_init_scale is not None,
             "ema_decay": s.ema.decay if s.ema is not None else None,
-            "mixup_applied": s.mixup is not None}
+            "mixup_applied": s.mixup is not None,
+            "lr": s.lr_probe.chosen_lr if s.lr_probe else s.cfg.lr,
+            "lr_probe": lr_probe.probe_summary(s.lr_probe) if s.lr_probe else None}
 
 
 def regime_record(regime: hfmodels.Unfrozen) -> dict:

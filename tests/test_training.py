@@ -312,3 +312,15 @@ def test_ema_and_mixup_resume_ends_like_an_uninterrupted_run(sample_dir, cache_d
     assert [r["val_acc_ema"] for r in history] == pytest.approx(
         [r["val_acc_ema"] for r in json.loads((tmp_path / "part" / "history.json").read_text())])
     assert 0 <= whole["test_accuracy_tta"] <= 1
+
+
+def test_lr_auto_probes_the_training_split_and_records_its_choice(sample_dir, cache_dir, tmp_path):
+    out = tmp_path / "auto"
+    summary = training.train(scratch_cnn(sample_dir, cache_dir, out, epochs=1, lr_auto=True, lr_probe_steps=12))
+    probe = json.loads((out / "lr_probe.json").read_text())
+    assert (out / "lr_probe.png").is_file()
+    assert 2 <= len(probe["lrs"]) <= 12
+    assert min(probe["lrs"]) <= probe["chosen_lr"] <= max(probe["lrs"])
+    assert summary["recipe"]["lr"] == probe["chosen_lr"] == summary["recipe"]["lr_probe"]["chosen_lr"]
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["lr"] < probe["chosen_lr"]  # the cosine schedule starts from the chosen lr and decays
