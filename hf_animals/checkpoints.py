@@ -34,15 +34,20 @@ class TrainerState:
     time_to_best_s: float = 0.0
     cache_s: float = 0.0  # the frozen-prefix feature cache (run.json's feature_cache_s)
     image_cache_s: float = 0.0  # the decoded-image cache (older checkpoints lack it: 0)
+    best_weights: str = "raw"  # 'ema' when the best validation accuracy came from the EMA weights (--ema)
 
     def record(self, row: dict) -> bool:
-        """Add one epoch's history row; True when its validation accuracy beats every earlier epoch."""
+        """Add one epoch's history row; True when its validation accuracy, raw or EMA (`val_acc_ema`, when there),
+        beats every earlier epoch. The EMA wins only when strictly better than the raw weights of its epoch."""
         self.history.append(row)
         self.train_time_s += row["epoch_time_s"]
         self.epoch = row["epoch"]
-        improved = row["val_acc"] > self.best_val_accuracy
+        ema = row.get("val_acc_ema")
+        weights, acc = ("ema", ema) if ema is not None and ema > row["val_acc"] else ("raw", row["val_acc"])
+        improved = acc > self.best_val_accuracy
         if improved:
-            self.best_val_accuracy, self.best_epoch, self.time_to_best_s = row["val_acc"], self.epoch, self.train_time_s
+            self.best_val_accuracy, self.best_epoch, self.time_to_best_s = acc, self.epoch, self.train_time_s
+            self.best_weights = weights
         return improved
 
 

@@ -32,6 +32,11 @@ def positive_float(text: str) -> float:
     return value
 
 
+def optional_float(text: str) -> float | None:
+    """A number, or 'none' for "leave it as the library decides" (e.g. --head-init-scale none)."""
+    return None if text.strip().lower() == "none" else _parse(text, float, "a number or 'none'")
+
+
 def fraction(text: str) -> float:
     value = _parse(text, float, "a number")
     if not 0.0 <= value < 1.0:

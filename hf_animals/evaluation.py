@@ -20,6 +20,7 @@ from . import metrics as hfmetrics
 from . import models as hfmodels
 from . import plots
 from . import precision as hfprecision
+from . import recipe
 from . import runs
 from .errors import UserError
 
@@ -51,8 +52,10 @@ class Normalized(torch.nn.Module):
         return self.model(preprocess.normalize_batch(x, self.mean, self.std) if x.dtype == torch.uint8 else x)
 
 
-def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, batch_size: int = 128):
-    """(predictions, probabilities) for uint8 images, batched and sharded over processes."""
+def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, batch_size: int = 128,
+                   tta: bool = False):
+    """(predictions, probabilities) for uint8 images, batched and sharded over processes; `tta` averages the
+    softmax of the image and its mirror image (`recipe.tta_probabilities`)."""
     loader = accelerator.prepare(DataLoader(TensorDataset(pixels, torch.zeros(len(pixels), dtype=torch.long)),
                                             batch_size=batch_size))
     model = model.to(accelerator.device).eval()
@@ -60,15 +63,18 @@ def predict_arrays(model: torch.nn.Module, pixels: torch.Tensor, accelerator, ba
     with torch.no_grad():
         for x, _ in loader:
             with accelerator.autocast():
-                logits = model(x)
-            probs.append(accelerator.gather_for_metrics(logits.float().softmax(1)))
+                p = recipe.tta_probabilities(model, x) if tta else model(x).float().softmax(1)
+            probs.append(accelerator.gather_for_metrics(p))
     p = torch.cat(probs).cpu()
     return p.argmax(1), p
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", *, accelerator=None, arrays=None,
-                 data_dir: str | None = None, mixed_precision: str | None = None) -> dict:
+                 data_dir: str | None = None, mixed_precision: str | None = None, tta: bool = False) -> dict:
     """Metrics of a run's best checkpoint on one split; writes metrics(.json|_SPLIT.json) and its plots.
+
+    tta: also the metrics with test-time augmentation (image + mirror image), under metrics["tta"]; the plain
+    numbers are never replaced.
 
     `arrays` ({split: (uint8 pixels, labels)}) are the images training already holds; without them the run's
     own manifest is read from its run.json arguments (`data_dir` when the image folder moved since training).
@@ -90,6 +96,11 @@ def evaluate_run(run_dir: str | Path, split: str = "test", *, accelerator=None, 
     preds, _ = predict_arrays(net, pixels, accelerator)
     metrics = hfmetrics.compute_metrics(preds.tolist(), labels.tolist(), class_names)
     metrics["split"] = split
+    if tta:
+        tta_preds, _ = predict_arrays(net, pixels, accelerator, tta=True)
+        tta_metrics = hfmetrics.compute_metrics(tta_preds.tolist(), labels.tolist(), class_names)
+        metrics["tta"] = {k: tta_metrics[k] for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro")}
+        metrics["tta"]["views"] = "original + horizontal flip, mean softmax"
     metrics["mixed_precision"] = accelerator.mixed_precision  # issue 13: what the predictions were computed in
     metrics["latency"] = costs.measure_latency(net, pixels, accelerator.device)  # median + spread, batch 1 and 32
     metrics["latency_ms_per_image"] = metrics["latency"]["ms_per_image"]  # the batch-1 median

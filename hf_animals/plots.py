@@ -355,3 +355,28 @@ def plot_comparison_bars(rows: Sequence[Mapping], path, title: str = "", name_ke
     fig.suptitle(title or "Runs compared")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_lr_probe(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], chosen_lr: float, path,
+                  title: str = "") -> Path:
+    """Learning-rate range test: training loss against lr (log axis), raw and smoothed, the chosen lr marked.
+
+    The y range follows the smoothed curve up to twice its starting value, so the divergence at the end of the sweep
+    does not squash the part the choice was made on."""
+    if not lrs:
+        raise ValueError("plot_lr_probe needs at least one point")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.plot(lrs, [_number(v) for v in losses], color="0.75", lw=1, label="loss per step")
+    ax.plot(lrs, [_number(v) for v in smoothed], color=TRAIN_COLOR, lw=2, label="smoothed")
+    ax.axvline(chosen_lr, color="tab:red", ls="--", lw=1.2, label=f"chosen lr {chosen_lr:.2g}")
+    finite = np.array([_number(v) for v in smoothed], dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+        ax.set_ylim(max(0.0, finite.min() * 0.9), min(finite.max(), 2 * finite[0]) * 1.05 + 1e-9)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    ax.set_title(title or "Learning-rate range test")
+    fig.tight_layout()
+    return _save(fig, path)

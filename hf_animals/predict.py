@@ -23,6 +23,7 @@ import torch
 from . import data as hfdata
 from . import models as hfmodels
 from . import precision as hfprecision
+from . import recipe
 from .errors import UserError
 from .preprocess import Preprocessing
 
@@ -74,7 +75,7 @@ class Predictor:
     source: str
     batch_size: int = 64
     label_folders: list[str] | None = None  # label index -> class folder name in the training data, when recorded
-    tta: bool = False  # test-time augmentation: the mean of the softmax of each image and of its mirror image
+    tta: bool = False  # average the softmax of each image and its mirror image (recipe.tta_probabilities)
     precision: str = "no"  # resolved autocast precision of inference: no / fp16 / bf16 (precision.py)
 
     @property
@@ -94,11 +95,10 @@ class Predictor:
         """(N, classes) float32 probabilities on the CPU for uint8 (N, 3, S, S) images, in batches."""
         out = []
         for i in range(0, len(pixels_uint8), self.batch_size):
-            x = self.preprocessing.normalize(pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True))
+            x = pixels_uint8[i:i + self.batch_size].to(self.device, non_blocking=True)
+            net = lambda v: self.model(self.preprocessing.normalize(v))  # noqa: E731
             with hfprecision.inference_autocast(self.device, self.precision):
-                probs = self.model(x).float().softmax(1)
-                if self.tta:
-                    probs = (probs + self.model(x.flip(3)).float().softmax(1)) / 2
+                probs = recipe.tta_probabilities(net, x) if self.tta else net(x).float().softmax(1)
             out.append(probs.cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.class_names))
 
@@ -379,12 +379,13 @@ def predict_to_csv(model: str | os.PathLike, images: str | os.PathLike, output: 
                    label_language: str = DEFAULT_LABEL_LANGUAGE, id_column: str | None = None, label_column: str | None = None,
                    id_from: str | None = None, sample_submission: str | os.PathLike | None = None,
                    probabilities: bool = False, batch_size: int = 64, device: str | None = None,
-                   num_workers: int = 0, mixed_precision: str | None = "auto") -> PredictResult:
+                   num_workers: int = 0, mixed_precision: str | None = "auto", tta: bool = False) -> PredictResult:
     """Load `model`, predict every image under `images`, write the submission CSV (the whole of scripts/predict.py)."""
     output_labels(["dog"], label_language)  # a bad flag fails before the model loads
     if sample_submission is not None:
         read_sample_submission(sample_submission)
-    predictor = load_predictor(model, device=device, batch_size=batch_size, mixed_precision=mixed_precision)
+    predictor = load_predictor(model, device=device, batch_size=batch_size, mixed_precision=mixed_precision,
+                               tta=tta)
     output_labels(predictor.class_names, label_language, predictor.label_folders)
     prediction = predict_folder(predictor, images, num_workers=num_workers)
     submission = make_submission(prediction, label_language=label_language, id_column=id_column,

@@ -37,6 +37,7 @@ class StudyConfig:
     base_lr: float = 0.01
     batch_size: int = 32
     lr_overrides: dict[str, float] = field(default_factory=dict)  # "resnet18:all" -> lr of the head
+    lr_auto: bool = False  # each final transfer run picks its head lr by a range test (lr_probe), once per regime
     image_size: int | None = None
     weights: str = "auto"  # auto: pretrained if they can be had, else random init labelled offline; hub: required;
     # none: every family from random init
@@ -113,6 +114,7 @@ def train_config(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> training.Tr
         batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=spec.regime.backbone_lr_scale,
         optimizer=cfg.optimizer, image_size=cfg.image_size, augment=spec.regime.augment, pretrained=spec.pretrained,
         offline_fallback=spec.offline_fallback, seed=cfg.seed,
+        lr_auto=cfg.lr_auto and spec.stage == "final" and catalogue.FAMILIES[spec.regime.family].pretrained,
         mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress,
         report_to=cfg.report_to, tracker_project=study_project(cfg))  # tracking
 
@@ -188,8 +190,8 @@ def study_manifest(cfg: StudyConfig, out: Path) -> Path:
 # ----------------------------------------------------------------------------------------------------------------
 COMPARISON_COLUMNS = (
     "run", "stage", "family", "model", "regime", "weights", "lr", "backbone_lr", "batch_size", "epochs", "best_val_accuracy",
-    "best_epoch", "test_accuracy", "precision_macro", "recall_macro", "f1_macro", "train_time_s", "time_to_best_s",
-    *costs.TIME_COLUMNS,  # cache_s, total_s
+    "best_epoch", "test_accuracy", "test_accuracy_tta", "precision_macro", "recall_macro", "f1_macro", "train_time_s",
+    "time_to_best_s", *costs.TIME_COLUMNS,  # cache_s, total_s
     "images_per_s", "peak_memory_mb", "params_total", "params_trainable", "checkpoint_mb", "latency_ms_per_image",
     *costs.LATENCY_COLUMNS,  # batch-1 spread, batch-32 median/spread/throughput, threads
     "selected",
@@ -204,13 +206,15 @@ def run_label(record: runs.RunRecord) -> str:
 def comparison_row(spec: RunSpec, record: runs.RunRecord, selected: bool = False) -> dict:
     """One row of comparison.csv, from the run's record: the plan (spec) and what training recorded."""
     m, run = record.metrics, record.run
+    lr = (run.get("recipe") or {}).get("lr") or spec.lr  # the probed lr under --lr-auto
     return {
         "run": spec.name, "stage": spec.stage, "family": spec.regime.family, "model": record.model,
-        "regime": record.unfreeze, "weights": record.weights.label, "lr": spec.lr,
-        "backbone_lr": None if record.head_only else spec.lr * run["backbone_lr_scale"],
+        "regime": record.unfreeze, "weights": record.weights.label, "lr": lr,
+        "backbone_lr": None if record.head_only else lr * run["backbone_lr_scale"],
         "batch_size": spec.batch_size,
         "epochs": run["epochs_run"], "best_val_accuracy": record.best_val_accuracy, "best_epoch": run["best_epoch"],
-        "test_accuracy": record.test_accuracy, "precision_macro": m["precision_macro"],
+        "test_accuracy": record.test_accuracy, "test_accuracy_tta": (m.get("tta") or {}).get("accuracy"),
+        "precision_macro": m["precision_macro"],
         "recall_macro": m["recall_macro"], "f1_macro": m["f1_macro"], "train_time_s": run["train_time_s"],
         "time_to_best_s": run["time_to_best_s"], "images_per_s": run["images_per_s"],
         "peak_memory_mb": run["peak_memory_mb"], "params_total": run["params_total"],

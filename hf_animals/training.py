@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from . import augment as hfaugment
-from . import catalogue, checkpoints, costs, evaluation, faults, image_cache, locking, plots, preprocess
-from . import run_data, runs
+from . import catalogue, checkpoints, costs, evaluation, faults, image_cache, locking, lr_probe, plots, preprocess
+from . import recipe, run_data, runs
 from . import data as hfdata
 from . import models as hfmodels
 from . import precision as hfprecision  # issue 13
@@ -59,6 +59,16 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
+    # A NEW classifier's weights x head_init_scale (0: zeros, so training starts at the uniform prediction) and its
+    # bias := head_init_bias; None keeps the architecture's init. A trained head of a saved model is never touched.
+    head_init_scale: float | None = 0.0
+    head_init_bias: float | None = 0.0
+    ema: bool = False  # also validate an EMA of the weights every epoch; the better of raw/EMA by val acc is saved
+    ema_decay: float | None = None  # None: horizon of a tenth of the run (recipe.ema_decay_for)
+    mixup: float = 0.0  # Mixup alpha (0 = off); only where the model sees images (not cached frozen features)
+    cutmix: float = 0.0  # CutMix alpha (0 = off)
+    lr_auto: bool = False  # `--lr auto`: the head lr from a range test on the training split (lr_probe)
+    lr_probe_steps: int = 200
     sched: str = "cosine"
     warmup_epochs: int = 0
     early_stopping: int = 0  # patience in epochs without val-accuracy gain; 0 = off
@@ -96,6 +106,10 @@ class TrainConfig:
             "momentum": 0 <= self.momentum < 1,
             "weight_decay": self.weight_decay >= 0,
             "label_smoothing": 0 <= self.label_smoothing < 1,
+            "ema_decay": self.ema_decay is None or 0 < self.ema_decay < 1,
+            "mixup": self.mixup >= 0,
+            "cutmix": self.cutmix >= 0,
+            "lr_probe_steps": self.lr_probe_steps >= 2,
             "warmup_epochs": 0 <= self.warmup_epochs < self.epochs,
             "early_stopping": self.early_stopping >= 0,
             "image_size": self.image_size is None or self.image_size >= 32,
@@ -153,6 +167,10 @@ class TrainingSetup:
     image_cache_s: float  # one-time cost of decoding (or reading back) the image cache
     feature_cache_s: float  # one-time cost of the frozen-prefix features (0 when not cached)
     cached_splits: tuple[str, ...]  # splits that train / validate on cached frozen-prefix features
+    ema: Any = None  # timm ModelEmaV3 of the full model (--ema), part of the resume state
+    ema_val_module: torch.nn.Module | None = None  # the EMA weights, consuming what val_module consumes
+    mixup: recipe.MixupCutmix | None = None  # on normalised images, when the model sees images in training
+    lr_probe: Any = None  # lr_probe.LrProbe of `--lr auto`
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -242,9 +260,14 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
                                   num_workers=cfg.num_workers, pin_memory=pin, persistent_workers=cfg.num_workers > 0)
         val_loader = DataLoader(split_data.val_set, batch_size=max(cfg.batch_size, 64), shuffle=False,
                                 num_workers=cfg.num_workers, pin_memory=pin)
-    groups = hfmodels.param_groups(model, cfg.lr, backbone_lr_scale=cfg.backbone_lr_scale,
-                                   weight_decay=cfg.weight_decay)
-    optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+    def make_optimizer(lr: float) -> torch.optim.Optimizer:
+        groups = hfmodels.param_groups(model, lr, backbone_lr_scale=cfg.backbone_lr_scale,
+                                       weight_decay=cfg.weight_decay)
+        return OPTIMIZERS[cfg.optimizer](groups, dataclasses.replace(cfg, lr=lr))
+
+    probe = probe_lr(cfg, out, split_data, batch_augment, train_loader, make_optimizer, accelerator) \
+        if cfg.lr_auto else None
+    optimizer = make_optimizer(probe.chosen_lr if probe else cfg.lr)
     steps_per_epoch = len(train_loader) if device_batches else math.ceil(len(train_loader) / accelerator.num_processes)
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
 
@@ -256,11 +279,45 @@ def setup(cfg: TrainConfig, out: Path, data_source: DataSource | None = None) ->
     val_module = prepared if split_data.val_module is split_data.train_module else \
         split_data.val_module.to(accelerator.device)
     accelerator.register_for_checkpointing(scheduler)
+    ema, ema_val_module = make_ema(cfg, model, dcfg, split_data, steps_per_epoch, accelerator)
+    mixup = recipe.MixupCutmix(len(class_names), cfg.mixup, cfg.cutmix, label_smoothing=cfg.label_smoothing) \
+        if (cfg.mixup or cfg.cutmix) and "train" not in split_data.cached_splits else None
     return TrainingSetup(cfg, accelerator, out, manifest, class_names, preprocessing, arrays, model, regime,
                          torch.compile(prepared) if cfg.compile else prepared, val_module, train_loader, val_loader,
                          optimizer, scheduler, steps_per_epoch, batch_augment, memory, image_cache_s,
-                         split_data.feature_cache_s,
-                         split_data.cached_splits)
+                         split_data.feature_cache_s, split_data.cached_splits, ema, ema_val_module, mixup, probe)
+
+
+def probe_lr(cfg: TrainConfig, out: Path, split_data, batch_augment, loader, make_optimizer, accelerator):
+    """`--lr auto`: the range test (lr_probe) with the run's module, optimizer groups, augmentation and loss (plain
+    cross-entropy with the run's label smoothing; Mixup is left out of the probe), on the training device."""
+    module = split_data.train_module.to(accelerator.device)
+    hfmodels.set_train_mode(module)
+
+    def loss_of(batch):
+        x, y = (t.to(accelerator.device) for t in batch)
+        x = batch_augment(x) if batch_augment is not None else x
+        with accelerator.autocast():
+            return F.cross_entropy(module(x).float(), y, label_smoothing=cfg.label_smoothing)
+
+    probe = lr_probe.probe_run_lr(out, module, make_optimizer, loader, loss_of, steps=cfg.lr_probe_steps,
+                                  resume=cfg.resume, is_main_process=accelerator.is_main_process,
+                                  title=f"{cfg.model} [{cfg.unfreeze}]: lr range test")
+    accelerator.print(f"lr range test: lr {probe.chosen_lr:.3g} (min smoothed loss / 10, {len(probe.lrs)} steps)")
+    return probe
+
+
+def make_ema(cfg: TrainConfig, model, dcfg: dict, split_data, steps_per_epoch: int, accelerator):
+    """(EMA, module validating it) for --ema, else (None, None). The EMA copies the full model on its device; when
+    validation runs on cached frozen-prefix features, the EMA is validated through its own trainable suffix (the
+    frozen prefix never changes, so the cached features are the EMA's too). Registered for --resume."""
+    if not cfg.ema:
+        return None, None
+    ema = recipe.make_ema(model, cfg.ema_decay or recipe.ema_decay_for(cfg.epochs * steps_per_epoch))
+    accelerator.register_for_checkpointing(ema)
+    if "val" in split_data.cached_splits:
+        return ema, hfmodels.frozen_prefix_split(ema.module)[1]
+    return ema, evaluation.Normalized(ema.module, dcfg["mean"], dcfg["std"])
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, Any]:
@@ -272,6 +329,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, An
         model.pretrained_source = catalogue.OFFLINE_SOURCE
     regime = hfmodels.apply_regime(model, cfg.unfreeze)
     check_head_trains(model, cfg.unfreeze)
+    recipe.init_new_head(model, cfg.head_init_scale, cfg.head_init_bias)
     return model, regime
 
 
@@ -329,15 +387,18 @@ def run_epochs(s: TrainingSetup, state: checkpoints.TrainerState, tracker: track
                "val_loss": val_loss, "val_acc": val_acc, "lr": s.optimizer.param_groups[0]["lr"],
                "epoch_time_s": time.perf_counter() - t0, "images_per_s": stats["images_per_s"],
                "data_wait_fraction": stats["data_wait_fraction"]}
+        if s.ema is not None:
+            row["val_loss_ema"], row["val_acc_ema"] = validate(s.ema_val_module, s.val_loader, accelerator)
         improved = state.record(row)
         accelerator.print(
             f"epoch {epoch:3d}/{cfg.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {val_loss:.4f} acc {val_acc:.4f}{' *' if improved else ''}  "
+            f"val loss {val_loss:.4f} acc {val_acc:.4f}"
+            + (f" (EMA {row['val_acc_ema']:.4f})" if s.ema is not None else "") + f"{' *' if improved else ''}  "
             f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s")
         t_save = time.perf_counter()
         with faults.diagnosed_writes(s.out):  # a full disk is reported as such, whichever library hit it
             if improved and accelerator.is_main_process:
-                save_best_model(s)
+                save_best_model(s, state.best_weights)
             checkpoints.save(accelerator, s.out, state, started=t_save)
         tracker.log_epoch(epoch, state.history[-1])  # the epoch's step losses/lrs + its history row
         if accelerator.is_main_process:
@@ -369,7 +430,7 @@ def train_one_epoch(s: TrainingSetup, epoch: int, tracker: tracking.RunTracker) 
         if batch is None:
             break
         x, y = batch
-        loss, logits = _train_step(s, x, y)
+        loss, logits = _train_step(s, x, y, global_step=(epoch - 1) * s.steps_per_epoch + step + 1)
         tracker.record_step(loss, s.optimizer)  # tracking: kept on the device, sent once per epoch
         meter.update(loss, logits, y)
         try:
@@ -393,19 +454,26 @@ def _non_finite(bad: NonFiniteLoss, epoch: int, out: Path) -> UserError:
                      f" the last finished epoch's checkpoint (if any) is kept in {out}")
 
 
-def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor):
-    """One optimizer step on a batch: (detached loss, logits); no host sync (issue 13: finiteness is the meter's)."""
+def _train_step(s: TrainingSetup, x: torch.Tensor, y: torch.Tensor, global_step: int):
+    """One optimizer step on a batch: (detached loss, logits); no host sync (finiteness is the meter's)."""
     if s.batch_augment is not None:
         x = s.batch_augment(x)
     if s.cfg.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     with s.accelerator.autocast():
-        logits = s.train_module(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.label_smoothing)
+        if s.mixup is not None:  # mixing needs float pixels: normalise first (the same affine map either way)
+            mixed, soft = s.mixup(preprocess.normalize_batch(x, s.preprocessing.mean, s.preprocessing.std), y)
+            logits = s.train_module(mixed)
+            loss = recipe.soft_target_loss(logits, soft)
+        else:
+            logits = s.train_module(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=s.cfg.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)
     s.accelerator.backward(loss)
     s.optimizer.step()
     s.scheduler.step()
+    if s.ema is not None:  # the decay depends on the global step only, so a resumed run averages identically
+        s.ema.update(s.model, step=global_step)
     return loss.detach(), logits
 
 
@@ -435,12 +503,14 @@ def validate(module, loader, accelerator) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------------------------
 # Best model and resume state
 # ----------------------------------------------------------------------------------------------------------------
-def save_best_model(s: TrainingSetup) -> None:
-    """The full model (also when only its suffix was stepped), in timm's Hub layout: the run's deliverable."""
+def save_best_model(s: TrainingSetup, weights: str = "raw") -> None:
+    """The full model (also when only its suffix was stepped), in timm's Hub layout: the run's deliverable.
+    weights 'ema': the EMA copy's weights (--ema, when they validated better)."""
     meta = {"hf_animals": {"model": s.cfg.model, "unfreeze": s.cfg.unfreeze,
                            "pretrained_source": s.model.pretrained_source}}
     rows = hfdata.read_manifest(s.manifest, s.cfg.data_dir, verify=False)
-    hfmodels.save_model(s.model, s.out, s.class_names, s.preprocessing, meta,
+    model = s.ema.module if weights == "ema" else s.model
+    hfmodels.save_model(model, s.out, s.class_names, s.preprocessing, meta,
                         label_folders=label_folders(rows, s.class_names))
 
 
@@ -478,7 +548,7 @@ def finalise(s: TrainingSetup, state: checkpoints.TrainerState, tracker: trackin
     """Test metrics of the best model, the curves, then run.json: written last, it marks the run complete."""
     if s.accelerator.is_main_process:
         plots.plot_curves(state.history, s.out / "curves.png", title=f"{s.cfg.model} [{s.cfg.unfreeze}]")
-    metrics = evaluation.evaluate_run(s.out, "test", accelerator=s.accelerator, arrays=s.arrays)
+    metrics = evaluation.evaluate_run(s.out, "test", accelerator=s.accelerator, arrays=s.arrays, tta=True)
     summary = None
     if s.accelerator.is_main_process:
         summary = run_summary(s, state, metrics)
@@ -511,6 +581,9 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
         "best_epoch": state.best_epoch,
         "best_val_accuracy": state.best_val_accuracy,
         "test_accuracy": metrics["accuracy"],
+        "test_accuracy_tta": metrics["tta"]["accuracy"],  # image + mirror image (recipe.tta_probabilities)
+        "best_weights": state.best_weights,  # 'raw', or 'ema' when the weight average validated better
+        "recipe": recipe_record(s),
         "checkpoint_bytes": (s.out / "model.safetensors").stat().st_size,
         "latency_ms_per_image": metrics.get("latency_ms_per_image"),
         "latency": metrics.get("latency"),  # batch 1 and 32: median, spread, threads
@@ -526,6 +599,16 @@ def run_summary(s: TrainingSetup, state: checkpoints.TrainerState, metrics: dict
         "versions": library_versions(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def recipe_record(s: TrainingSetup) -> dict:
+    """run.json's account of the recipe ingredients as applied (an option asked for may not apply: Mixup on
+    cached features, head init on a trained head)."""
+    return {"head_init": recipe.head_is_new(s.model) and s.cfg.head_init_scale is not None,
+            "ema_decay": s.ema.decay if s.ema is not None else None,
+            "mixup_applied": s.mixup is not None,
+            "lr": s.lr_probe.chosen_lr if s.lr_probe else s.cfg.lr,
+            "lr_probe": lr_probe.probe_summary(s.lr_probe) if s.lr_probe else None}
 
 
 def regime_record(regime: hfmodels.Unfrozen) -> dict:

@@ -26,14 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="image folder, if it moved since training")
     p.add_argument("--mixed-precision", choices=precision.CHOICES, default="auto",
                    help="inference autocast; auto: bf16 where the CPU/GPU has it natively (default %(default)s)")
+    p.add_argument("--tta", action="store_true",
+                   help="also report test-time augmentation (image + mirror image, mean softmax), beside the plain numbers")
     args = p.parse_args(argv)
     if (args.run is None) == (args.run_option is None):
         p.error("give the run folder once: evaluate.py RUN (or --run RUN)")
     m = evaluation.evaluate_run(args.run or args.run_option, args.split, data_dir=args.data_dir,
-                                mixed_precision=args.mixed_precision)
+                                mixed_precision=args.mixed_precision, tta=args.tta)
     print(f"{args.split} (mixed precision {m['mixed_precision']}): accuracy {m['accuracy']:.4f}  "
           f"precision {m['precision_macro']:.4f}  recall {m['recall_macro']:.4f}  f1 {m['f1_macro']:.4f}  "
           f"({m['num_samples']} images)")
+    if "tta" in m:
+        t = m["tta"]
+        print(f"{args.split} with TTA ({t['views']}): accuracy {t['accuracy']:.4f}  f1 {t['f1_macro']:.4f}")
     print(json.dumps({k: v["f1"] for k, v in m["per_class"].items()}, indent=None))
     return 0
 

@@ -41,15 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=cli.non_negative_int, default=0, help="image decoding processes")
     p.add_argument("--mixed-precision", choices=precision.CHOICES, default="auto",
                    help="inference autocast; auto: bf16 where the CPU/GPU has it natively (default %(default)s)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the probabilities of each image and its mirror image")
     args = p.parse_args(argv)
     r = predict.predict_to_csv(args.model, args.images, args.output, label_language=args.label_language,
                                id_column=args.id_column, label_column=args.label_column, id_from=args.id_from,
                                sample_submission=args.sample_submission, probabilities=args.probabilities,
                                batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-                               mixed_precision=args.mixed_precision)
+                               mixed_precision=args.mixed_precision, tta=args.tta)
     pr = r.predictor
     print(f"model {pr.source}: {pr.model.pretrained_cfg.get('architecture')}, {len(pr.class_names)} classes, "
-          f"{pr.image_size} px, on {pr.device}, mixed precision {pr.precision}")
+          f"{pr.image_size} px, on {pr.device}, mixed precision {pr.precision}"
+          + (", TTA: image + mirror image" if pr.tta else ""))
     print(f"{len(r.prediction.paths)} images predicted; {len(r.prediction.ignored)} non-image file(s) ignored")
     for path, err in r.prediction.unreadable:
         print(f"warning: unreadable, no row written: {err}", file=sys.stderr)

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                        if catalogue.FAMILIES[r.family].pretrained and not r.head_only)
     p.add_argument("--lr", dest="base_lr", type=cli.positive_float, default=d.base_lr,
                    help=f"head lr of transfer regimes; unfrozen pretrained layers get lr x scale ({scales})")
+    p.add_argument("--lr-auto", action="store_true",
+                   help="each transfer regime's final run picks its head lr by a range test (lr_probe.png, run.json)")
     p.add_argument("--lr-override", type=lr_override, action="append", default=[], metavar="MODEL:REGIME=LR")
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size, help="transfer regimes")
     p.add_argument("--image-size", type=cli.positive_int, help="default: each model's own (quick: 64)")

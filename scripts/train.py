@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=cli.positive_int, default=d.epochs)
     g.add_argument("--batch-size", "-b", type=cli.positive_int, default=d.batch_size)
-    g.add_argument("--lr", type=cli.positive_float, default=d.lr, help="learning rate of the head")
+    g.add_argument("--lr", type=_lr, default=d.lr,
+                   help="learning rate of the head, or 'auto': a range test on the training split picks it "
+                        "(figure lr_probe.png, choice in run.json)")
+    g.add_argument("--lr-probe-steps", type=cli.positive_int, default=d.lr_probe_steps,
+                   help="steps of the --lr auto range test")
     g.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale,
                    help="unfrozen pretrained blocks learn at lr x this")
     g.add_argument("--optimizer", "--opt", choices=sorted(training.OPTIMIZERS), default=d.optimizer)
@@ -58,6 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=cli.non_negative_int, default=d.warmup_epochs)
     g.add_argument("--early-stopping", type=cli.non_negative_int, default=d.early_stopping,
                    help="stop after N epochs without val-accuracy gain (0: off)")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--head-init-scale", type=cli.optional_float, default=d.head_init_scale,
+                   help="a new classifier's initial weights x this (0: zeros); 'none': the architecture's init")
+    g.add_argument("--head-init-bias", type=cli.optional_float, default=d.head_init_bias,
+                   help="a new classifier's initial bias; 'none': the architecture's init")
+    g.add_argument("--ema", action="store_true",
+                   help="validate an exponential moving average of the weights too; the better one is saved")
+    g.add_argument("--ema-decay", type=cli.fraction, default=None,
+                   help="EMA decay (default: averages the last tenth of the run)")
+    g.add_argument("--mixup", type=float, default=d.mixup, help="Mixup alpha, e.g. 0.8 (0: off)")
+    g.add_argument("--cutmix", type=float, default=d.cutmix, help="CutMix alpha, e.g. 1.0 (0: off)")
     g = p.add_argument_group("run")
     g.add_argument("--output-dir", required=True, help="run folder")
     g.add_argument("--seed", type=int, default=d.seed)
@@ -75,12 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _lr(text: str) -> float | str:
+    return "auto" if text.strip().lower() == "auto" else cli.positive_float(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    summary = training.train(training.TrainConfig(**vars(args)))
+    args = vars(build_parser().parse_args(argv))
+    lr_auto = args["lr"] == "auto"
+    summary = training.train(training.TrainConfig(**{**args, "lr": training.TrainConfig.lr if lr_auto else args["lr"],
+                                                     "lr_auto": lr_auto}))
     if summary:
         print(f"best val accuracy {summary['best_val_accuracy']:.4f} (epoch {summary['best_epoch']}), "
-              f"test accuracy {summary['test_accuracy']:.4f}; run folder {args.output_dir}")
+              f"test accuracy {summary['test_accuracy']:.4f} (with TTA {summary['test_accuracy_tta']:.4f}); "
+              f"run folder {args['output_dir']}")
     return 0
 
 

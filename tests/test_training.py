@@ -333,3 +333,34 @@ def test_fine_tuning_a_saved_model_may_keep_its_trained_head_frozen(whole_cnn_ru
     assert run["head_only"] is False and run["trainable_modules"] == ["stages"] and run["frozen_modules"] == ["fc"]
     with pytest.raises(UserError, match="classifier frozen"):
         training.train(training.TrainConfig(model="animals_cnn5", output_dir=str(tmp_path / "new"), **cfg))
+
+
+def test_ema_and_mixup_resume_ends_like_an_uninterrupted_run(sample_dir, cache_dir, tmp_path):
+    """EMA weights and their step count are part of the resume state; the better of raw/EMA is what is saved."""
+    recipe_args = dict(ema=True, ema_decay=0.8, mixup=0.8, cutmix=1.0, label_smoothing=0.1)
+    whole = training.train(scratch_cnn(sample_dir, cache_dir, tmp_path / "whole", **recipe_args))
+    assert training.train(scratch_cnn(sample_dir, cache_dir, tmp_path / "part", stop_after_epochs=1,
+                                      **recipe_args)) == {}
+    resumed = training.train(scratch_cnn(sample_dir, cache_dir, tmp_path / "part", resume=True, **recipe_args))
+    assert_same_run(tmp_path / "whole", whole, tmp_path / "part", resumed)
+    history = json.loads((tmp_path / "whole" / "history.json").read_text())
+    assert all("val_acc_ema" in row for row in history)
+    best = history[whole["best_epoch"] - 1]
+    assert whole["best_val_accuracy"] == max(best["val_acc"], best["val_acc_ema"])
+    assert whole["best_weights"] == ("ema" if best["val_acc_ema"] > best["val_acc"] else "raw")
+    assert whole["recipe"] == {"head_init": True, "ema_decay": 0.8, "mixup_applied": True}
+    assert [r["val_acc_ema"] for r in history] == pytest.approx(
+        [r["val_acc_ema"] for r in json.loads((tmp_path / "part" / "history.json").read_text())])
+    assert 0 <= whole["test_accuracy_tta"] <= 1
+
+
+def test_lr_auto_probes_the_training_split_and_records_its_choice(sample_dir, cache_dir, tmp_path):
+    out = tmp_path / "auto"
+    summary = training.train(scratch_cnn(sample_dir, cache_dir, out, epochs=1, lr_auto=True, lr_probe_steps=12))
+    probe = json.loads((out / "lr_probe.json").read_text())
+    assert (out / "lr_probe.png").is_file()
+    assert 2 <= len(probe["lrs"]) <= 12
+    assert min(probe["lrs"]) <= probe["chosen_lr"] <= max(probe["lrs"])
+    assert summary["recipe"]["lr"] == probe["chosen_lr"] == summary["recipe"]["lr_probe"]["chosen_lr"]
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["lr"] < probe["chosen_lr"]  # the cosine schedule starts from the chosen lr and decays
