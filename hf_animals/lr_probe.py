@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ['LrProbe', 'lr_range_test', 'smooth_losses', 'choose_lr']
+__all__ = ['LrProbe', 'lr_range_test', 'smooth_losses', 'choose_lr', 'probe_for_run']
 
 
 @dataclass
@@ -144,3 +144,26 @@ def probe_summary(probe: LrProbe) -> dict:
     """What run.json records of a probe (the curve itself is in lr_probe.json)."""
     return {"chosen_lr": probe.chosen_lr, "rule": probe.rule, "start_lr": probe.start_lr, "end_lr": probe.end_lr,
             "steps_run": len(probe.lrs), "diverged": probe.diverged, "figure": PROBE_FIGURE}
+
+
+def probe_for_run(cfg, out: Path, split_data, batch_augment, loader, make_optimizer, accelerator):
+    """`--lr auto`: the range test (lr_probe) with the run's module, optimizer groups, augmentation and loss (plain
+    cross-entropy with the run's label smoothing; Mixup is left out of the probe), on the training device."""
+    import torch.nn.functional as F
+
+    from .models import set_train_mode
+
+    module = split_data.train_module.to(accelerator.device)
+    set_train_mode(module)
+
+    def loss_of(batch):
+        x, y = (t.to(accelerator.device) for t in batch)
+        x = batch_augment(x) if batch_augment is not None else x
+        with accelerator.autocast():
+            return F.cross_entropy(module(x).float(), y, label_smoothing=cfg.label_smoothing)
+
+    probe = probe_run_lr(out, module, make_optimizer, loader, loss_of, steps=cfg.lr_probe_steps,
+                                  resume=cfg.resume, is_main_process=accelerator.is_main_process,
+                                  title=f"{cfg.model} [{cfg.unfreeze}]: lr range test")
+    accelerator.print(f"lr range test: lr {probe.chosen_lr:.3g} (min smoothed loss / 10, {len(probe.lrs)} steps)")
+    return probe

@@ -22,7 +22,7 @@ from torch import nn
 from .catalogue import weight_source
 
 __all__ = [
-    'head_is_new', 'init_new_head', 'make_ema', 'ema_decay_for', 'MixupCutmix', 'soft_target_loss',
+    'head_is_new', 'init_new_head', 'make_ema', 'make_run_ema', 'ema_decay_for', 'MixupCutmix', 'soft_target_loss',
     'tta_views', 'tta_probabilities',
 ]
 
@@ -162,3 +162,19 @@ def initial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         loss = F.cross_entropy(model(x).float(), y).item()
     model.train(was_training)
     return loss if math.isfinite(loss) else float('inf')
+
+
+def make_run_ema(cfg, model, dcfg: dict, split_data, steps_per_epoch: int, accelerator):
+    """(EMA, module validating it) for --ema, else (None, None). The EMA copies the full model on its device; when
+    validation runs on cached frozen-prefix features, the EMA is validated through its own trainable suffix (the
+    frozen prefix never changes, so the cached features are the EMA's too). Registered for --resume."""
+    from .evaluation import Normalized
+    from .models import frozen_prefix_split
+
+    if not cfg.ema:
+        return None, None
+    ema = make_ema(model, cfg.ema_decay or ema_decay_for(cfg.epochs * steps_per_epoch))
+    accelerator.register_for_checkpointing(ema)
+    if "val" in split_data.cached_splits:
+        return ema, frozen_prefix_split(ema.module)[1]
+    return ema, Normalized(ema.module, dcfg["mean"], dcfg["std"])

@@ -197,3 +197,21 @@ def best_by(rows: Iterable[T], group: str) -> dict[str, T]:
     for row in rows:
         groups.setdefault(row[group], []).append(row)
     return {key: select_best(members) for key, members in groups.items()}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what a run depends on, for run.json (so a run can be reproduced, or its numbers questioned)."""
+    import platform
+
+    import torch
+    import accelerate
+    import datasets
+    import evaluate
+    import huggingface_hub
+    import timm
+    import torchvision
+
+    mods = (torch, torchvision, timm, datasets, accelerate, evaluate, huggingface_hub)
+    versions = {m.__name__: m.__version__ for m in mods}
+    versions["python"] = platform.python_version()
+    return versions
