@@ -98,12 +98,13 @@ def test_predict_script_gives_the_same_csv_for_onnx(tiny_run, exported, test_ima
     for name, model in (("run", tiny_run), ("onnx", exported.onnx_path)):
         outputs[name] = tmp_path / f"{name}.csv"
         proc = subprocess.run([sys.executable, "scripts/predict.py", "--model", str(model), "--images", str(folder),
-                               "--output", str(outputs[name]), "--device", "cpu"], cwd=ROOT, capture_output=True,
+                               "--output", str(outputs[name]), "--device", "cpu",
+                               "--mixed-precision", "no"], cwd=ROOT, capture_output=True,
                               text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr
     assert read_rows(outputs["onnx"]) == read_rows(outputs["run"])
     assert len(read_rows(outputs["onnx"])) == len(test_images) + 1
-    probs = {name: predict.predict_folder(predict.load_predictor(m, device="cpu"), folder).probabilities
+    probs = {name: predict.predict_folder(predict.load_predictor(m, device="cpu", mixed_precision="no"), folder).probabilities
              for name, m in (("run", tiny_run), ("onnx", exported.onnx_path))}
     assert (probs["onnx"] - probs["run"]).abs().max().item() < 1e-5
 

@@ -28,14 +28,14 @@ TINY = ["--model", "animals_cnn5", "--train", "8", "--val", "4", "--test", "4", 
 
 def train_args(sample_dir, cache_dir, out, epochs=1) -> list[str]:
     return [*TINY, "--data-dir", str(sample_dir), "--cache-dir", str(cache_dir), "--output-dir", str(out),
-            "--epochs", str(epochs)]
+            "--epochs", str(epochs), "--mixed-precision", "no"]  # fp32: the comparison with a lone run is exact
 
 
 def same_config(sample_dir, cache_dir, out, epochs=1, **kw) -> training.TrainConfig:
     """The TrainConfig that `train_args` gives scripts/train.py."""
     return training.TrainConfig(model="animals_cnn5", data_dir=str(sample_dir), output_dir=str(out), epochs=epochs,
                                 train_per_class=8, val_per_class=4, test_per_class=4, image_size=32, batch_size=16,
-                                progress=False, cache_dir=str(cache_dir), **kw)
+                                progress=False, cache_dir=str(cache_dir), **{"mixed_precision": "no", **kw})
 
 
 def start(args: list[str], **kw) -> subprocess.Popen:

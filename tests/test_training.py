@@ -348,7 +348,8 @@ def test_ema_and_mixup_resume_ends_like_an_uninterrupted_run(sample_dir, cache_d
     best = history[whole["best_epoch"] - 1]
     assert whole["best_val_accuracy"] == max(best["val_acc"], best["val_acc_ema"])
     assert whole["best_weights"] == ("ema" if best["val_acc_ema"] > best["val_acc"] else "raw")
-    assert whole["recipe"] == {"head_init": True, "ema_decay": 0.8, "mixup_applied": True}
+    assert whole["recipe"] == {"head_init": True, "ema_decay": 0.8, "mixup_applied": True, "lr": 0.02,
+                               "lr_probe": None}
     assert [r["val_acc_ema"] for r in history] == pytest.approx(
         [r["val_acc_ema"] for r in json.loads((tmp_path / "part" / "history.json").read_text())])
     assert 0 <= whole["test_accuracy_tta"] <= 1
