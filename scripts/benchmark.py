@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-per-class", type=cli.positive_int, default=None,
                    help="validation images per class (default: max(2, per-class // 4))")
     p.add_argument("--source-size", type=cli.positive_int, default=d.source_size,
-                   help="size of generated sample images (only without --data-dir)")
+                   help="short side of generated sample images, and of the JPEG copies timed instead of a "
+                        "--data-dir whose images are much smaller (under half of it)")
+    p.add_argument("--images-as-is", action="store_true",
+                   help="time a --data-dir's own files even when they are much smaller than photos")
     p.add_argument("--image-size", type=cli.positive_int, default=d.image_size)
     p.add_argument("--epochs", type=cli.positive_int, default=d.epochs)
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size)
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = benchmark.BenchmarkConfig(
         data_dir=args.data_dir, work_dir=args.work_dir, per_class=args.per_class, val_per_class=args.val_per_class,
-        source_size=args.source_size, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        source_size=args.source_size, photo_sized=not args.images_as_is, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, regimes=tuple(args.regimes), mixed_precision=args.mixed_precision,
         num_workers=args.workers, threads=args.threads, augment_batches=args.augment_batches, progress=not args.quiet)
     result = benchmark.run_benchmark(cfg)

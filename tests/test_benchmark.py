@@ -140,3 +140,41 @@ def test_report_prints_every_regime_and_the_targets(tiny):
 def test_unknown_regime_is_a_user_error():
     with pytest.raises(UserError, match="resnet18:fc"):
         benchmark.BenchmarkConfig(regimes=("resnet18:layer9",))
+
+
+def test_default_regimes_cover_the_whole_protocol():
+    """The projection misses no run of the study when the benchmark runs its defaults (issue 13)."""
+    assert set(benchmark.BenchmarkConfig().regimes) == set(catalogue.REGIMES)
+    row = {"per_image_s": {"naive": {"train": 0.1, "val": 0.05}, "hf_animals": {"train": 0.02, "val": 0.01},
+                           "hf_animals_augment": {"train": 0.03, "val": 0.01}}, "feature_cache_s": 1.0}
+    regimes = {name: row for name in benchmark.BenchmarkConfig().regimes}
+    study = benchmark.study_projection(regimes, {"train": 40, "val": 10, "test": 10}, 2.0,
+                                       hfstudy.StudyConfig(data_dir="", output_dir=""), n_classes=10)
+    assert study["missing"] == [] and study["speedup"] > 1
+
+
+def test_small_images_are_timed_as_photo_sized_jpegs(tmp_path):
+    """A folder of thumbnails would make decoding look free: the benchmark times photo-sized JPEG copies instead,
+    one per split image, in the same class folders, and says so."""
+    from PIL import Image
+
+    from hf_animals import data as hfdata
+
+    src = tmp_path / "small"
+    for k, c in enumerate(("cat", "dog")):
+        (src / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (28, 20), color=100 * k + 20 * i).save(src / c / f"{i}.png")
+    manifest = hfdata.prepare_splits(src, tmp_path / "w", train=3, val=1, test=1, seed=0, reuse=False)
+    assert benchmark.median_short_side(src, manifest) == 20
+    out = benchmark.photo_sized_copy(src, manifest, tmp_path / "photo", 300)
+    copies = sorted(out.rglob("*"))
+    files = [p for p in copies if p.is_file()]
+    assert len(files) == 10 and {p.parent.name for p in files} == {"cat", "dog"}
+    for p in files:
+        with Image.open(p) as im:
+            assert im.format == "JPEG" and im.mode == "RGB" and min(im.size) == 300 and im.size == (420, 300)
+    again = hfdata.prepare_splits(out, tmp_path / "w2", train=3, val=1, test=1, seed=0, reuse=False)
+    assert len(hfdata.read_manifest(again, out)) == 10
+    line = benchmark._source_line({"data_dir": str(src), "median_short_side": 20, "photo_copy": True}, 300)
+    assert "much smaller than photos" in line and "300 px JPEG" in line
