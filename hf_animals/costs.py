@@ -27,11 +27,11 @@ from .errors import UserError
 MB = 2**20
 LATENCY_BATCH_SIZES = (1, 32)
 LATENCY_METHOD = "torch.utils.benchmark.Timer.adaptive_autorange"
-# Batch 1 on a CPU is timed on one thread: a small model's single image is a few ms, and with several threads the
-# OpenMP fork/join jitter dominated it (same model and weights, 2.1 to 4.4 ms on the idle 2-core build machine;
-# one thread: 3.1 to 3.9 ms). One request per core is also how CPU servers run batch-1 inference. Batch 32 (the
-# throughput figure) uses every thread the process has. Both thread counts are recorded.
-CPU_BATCH1_THREADS = 1
+# On a CPU, latency and throughput are timed on one thread (per core). With the process's threads, the OpenMP
+# fork/join and whatever else the host ran decided the figure: the same model and weights timed 2.1 to 4.4 ms at
+# batch 1 and 38 to 60 ms at batch 32 on the idle 2-core build machine; on one thread 3.1 to 3.9 ms and 94 to 100 ms.
+# One request per core is also how CPU servers run small-model inference. The thread count is recorded.
+CPU_LATENCY_THREADS = 1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -223,12 +223,12 @@ def measure_latency(model: torch.nn.Module, pixels: torch.Tensor, device: torch.
     model = model.to(device).eval()
     out: dict[str, Any] = {}
     for bs in batch_sizes if len(pixels) else ():  # an empty split has nothing to time
-        with _threads(CPU_BATCH1_THREADS if bs == 1 and device.type == "cpu" else None):
+        with _threads(CPU_LATENCY_THREADS if device.type == "cpu" else None):
             entry = time_forward(model, batch_of(pixels, bs).to(device), **timing)
         entry["ms_per_image"] = entry["median_ms"] / bs
         entry["images_per_s"] = 1e3 * bs / entry["median_ms"] if entry["median_ms"] > 0 else None
         out[f"batch_{bs}"] = entry
-    out["threads"] = torch.get_num_threads()
+    out["threads"] = CPU_LATENCY_THREADS if device.type == "cpu" else torch.get_num_threads()
     out["ms_per_image"] = out.get("batch_1", {}).get("median_ms")  # batch-1 median: `latency_ms_per_image`
     return out
 
@@ -279,8 +279,8 @@ LATENCY_MD = (("latency_ms_per_image", "ms/img (b1)"), ("latency_iqr_ms", "± IQ
 
 COLUMN_NOTE = ("cache s: one-time decoded-image and frozen-feature caches; total s = cache + train (compare costs "
                "on this); peak MB: the run's own peak (GPU tensors, else process RSS during the run); ms/img (b1): "
-               "median batch-1 latency ± its interquartile range; img/s (b32): throughput at batch 32 (all threads); "
-               "threads: torch threads of the batch-1 timing (one on a CPU: one request per core).")
+               "median batch-1 latency ± its interquartile range; img/s (b32): throughput at batch 32; threads: torch "
+               "threads while timing (one on a CPU: per-core figures, stable where multi-threaded ones were not).")
 
 
 def comparison_costs(run: dict) -> dict[str, Any]:
@@ -293,7 +293,7 @@ def comparison_costs(run: dict) -> dict[str, Any]:
         "cache_s": totals["cache_s"], "total_s": totals["total_s"],
         "latency_ms_per_image": b1.get("median_ms", run.get("latency_ms_per_image")),
         "latency_iqr_ms": b1.get("iqr_ms"), "batch32_ms": b32.get("median_ms"), "batch32_iqr_ms": b32.get("iqr_ms"),
-        "throughput_img_s": b32.get("images_per_s"), "latency_threads": b1.get("threads", latency.get("threads")),
+        "throughput_img_s": b32.get("images_per_s"), "latency_threads": latency.get("threads"),
     }
 
 

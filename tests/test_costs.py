@@ -86,9 +86,8 @@ def test_run_records_latency_median_and_spread_at_batch_1_and_32(tiny_then_study
     assert alone["latency_ms_per_image"] == latency["batch_1"]["median_ms"]
     for bs in costs.LATENCY_BATCH_SIZES:
         entry = latency[f"batch_{bs}"]
-        # batch 1 on one CPU thread (one request per core), larger batches on every thread of the process
-        threads = costs.CPU_BATCH1_THREADS if bs == 1 else latency["threads"]
-        assert entry["batch_size"] == bs and entry["threads"] == threads >= 1
+        # timed on one CPU thread (per-core figures), the count recorded with the result
+        assert entry["batch_size"] == bs and entry["threads"] == latency["threads"] == costs.CPU_LATENCY_THREADS
         assert entry["min_ms"] <= entry["median_ms"] <= entry["max_ms"] and entry["iqr_ms"] >= 0
         assert entry["repeats"] > 3
 
@@ -108,9 +107,10 @@ def test_latency_repeats_adaptively_with_torch_benchmark(monkeypatch):
     pixels = torch.rand(5, 3, 32, 32)
     result = costs.measure_latency(model, pixels, "cpu", min_run_time=0.05)
     assert len(calls) == len(costs.LATENCY_BATCH_SIZES)
-    assert result["threads"] == torch.get_num_threads()  # restored after the one-thread batch-1 timing
+    threads = torch.get_num_threads()
+    assert result["threads"] == costs.CPU_LATENCY_THREADS and torch.get_num_threads() == threads  # restored
     b1, b32 = result["batch_1"], result["batch_32"]
-    assert b1["threads"] == costs.CPU_BATCH1_THREADS and b32["threads"] == torch.get_num_threads()
+    assert b1["threads"] == b32["threads"] == costs.CPU_LATENCY_THREADS
     assert b32["batch_size"] == 32 and b32["ms_per_image"] == pytest.approx(b32["median_ms"] / 32)
     assert result["ms_per_image"] == b1["median_ms"]
     for entry in (b1, b32):
