@@ -50,6 +50,7 @@ def test_json_has_the_documented_schema(tiny):
         assert row["naive_epoch_s"] > 0 and row["epoch_s"] > 0 and row["cache_s"] > 0
         assert 0 <= row["data_wait_fraction"] <= 1
         assert row["mixed_precision"] == {"naive": "no", "hf_animals": "no"}
+        assert row["channels_last"] == {"naive": False, "hf_animals": True}  # the newcomer's default layout
 
 
 def test_both_pipelines_reach_the_same_accuracy(tiny):
