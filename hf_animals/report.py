@@ -250,10 +250,24 @@ def choices_context(data: StudyData, f: dict) -> dict:
             pretrained_acts.append((r["model"], "/".join(sorted({type(m).__name__ for m in net.modules()
                                                                   if _is_activation(m)}))))
     titles = {family.model: family.title for family in catalogue.FAMILIES.values()}
-    return {"args": args, "sgd": str(args.get("optimizer")).lower() == "sgd",
+    return {"args": args, "optimizers": optimizers_by_family(data),
             "acts": f["arch"]["activations"] if f.get("arch") else [],
             "smoothing": args.get("label_smoothing"),
             "pretrained_acts": [f"{acts} in {titles.get(m, m)}" for m, acts in pretrained_acts]}
+
+
+def optimizers_by_family(data: StudyData) -> list[dict]:
+    """One entry per optimizer setting used by the final runs: optimizer, momentum, weight decay and the families
+    (titles) that trained with it, from each run's own arguments."""
+    groups: dict[tuple, list[str]] = {}
+    for r in data.finals:
+        a = data.records[r["run"]].get("args", {})
+        key = (str(a.get("optimizer")).lower(), a.get("momentum"), a.get("weight_decay"))
+        title = catalogue.FAMILIES[r["family"]].title
+        if title not in groups.setdefault(key, []):
+            groups[key].append(title)
+    return [{"optimizer": o, "sgd": o == "sgd", "momentum": m, "weight_decay": wd, "families": fams}
+            for (o, m, wd), fams in groups.items()]
 
 
 def sweep_context(data: StudyData, f: dict) -> dict:
@@ -268,7 +282,9 @@ def sweep_context(data: StudyData, f: dict) -> dict:
     return {"sweep": sweep, "chosen": chosen, "table": table, "low": min(vals), "high": max(vals),
             "lrs": [f"{v:g}" for v in sorted({r["lr"] for r in sweep})],
             "batch_sizes": sorted({r["batch_size"] for r in sweep}), "edge": f["sweep_edge"],
-            "selection_rule": runs.SELECTION_RULE, "config": data.meta.get("config", {})}
+            "selection_rule": runs.SELECTION_RULE, "config": data.meta.get("config", {}),
+            "transfer_lrs": [f"{v:g}" for v in sorted({r["lr"] for r in data.finals
+                                                       if catalogue.FAMILIES[r["family"]].pretrained})]}
 
 
 def results_table(data: StudyData) -> str:

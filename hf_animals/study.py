@@ -32,9 +32,9 @@ class StudyConfig:
     seed: int = 42
     epochs: int = 30
     sweep_epochs: int = 8
-    sweep_lrs: tuple[float, ...] = (0.003, 0.01, 0.03)
+    sweep_lrs: tuple[float, ...] | None = None  # None: around the scratch family's optimizer's default lr
     sweep_batch_sizes: tuple[int, ...] = (16, 32, 64)
-    base_lr: float = 0.01
+    base_lr: float | None = None  # head lr of the transfer regimes; None: each family's optimizer's default lr
     batch_size: int = 32
     lr_overrides: dict[str, float] = field(default_factory=dict)  # "resnet18:all" -> lr of the head
     lr_auto: bool = False  # each final transfer run picks its head lr by a range test (lr_probe), once per regime
@@ -42,17 +42,32 @@ class StudyConfig:
     weights: str = "auto"  # auto: pretrained if they can be had, else random init labelled offline; hub: required;
     # none: every family from random init
     families: tuple[str, ...] = ("scratch", "resnet18", "mobilenetv2", "efficientnet_lite0")
-    optimizer: str = "sgd"
+    optimizer: str | None = None  # None: each family's own (catalogue.Family.optimizer)
     mixed_precision: str | None = "auto"  # precision.resolve_mixed_precision decides per run's device
     cache_dir: str | None = None
     progress: bool = True
     report_to: str | None = None  # tracking: as TrainConfig.report_to, for every run
     tracker_project: str | None = None  # tracking: None -> the study folder's name (one project, runs named by run)
 
+    def __post_init__(self) -> None:
+        if self.sweep_lrs is None:
+            self.sweep_lrs = catalogue.OPTIMIZER_DEFAULTS[self.optimizer_of("scratch")].sweep_lrs
+
+    def optimizer_of(self, family: str) -> str:
+        """The optimizer of a family's runs: --optimizer when given, else the family's own."""
+        return self.optimizer or catalogue.FAMILIES[family].optimizer
+
+    def lr_of(self, regime: catalogue.Regime) -> float:
+        """The head lr of a transfer regime's final run: --lr-override, else --lr, else its optimizer's default."""
+        default = self.base_lr or catalogue.OPTIMIZER_DEFAULTS[self.optimizer_of(regime.family)].lr
+        return self.lr_overrides.get(regime.name, default)
+
     @classmethod
     def quick(cls, **kwargs) -> "StudyConfig":
-        """Minutes on a 2-core CPU: small images, few epochs, a 2 x 2 sweep."""
-        defaults = dict(epochs=6, sweep_epochs=3, sweep_lrs=(0.01, 0.03), sweep_batch_sizes=(16, 32), image_size=64)
+        """Minutes on a 2-core CPU: small images, few epochs, a 2 x 2 sweep (the two larger default lrs)."""
+        optimizer = kwargs.get("optimizer") or catalogue.FAMILIES["scratch"].optimizer
+        defaults = dict(epochs=6, sweep_epochs=3, sweep_lrs=catalogue.OPTIMIZER_DEFAULTS[optimizer].sweep_lrs[1:],
+                        sweep_batch_sizes=(16, 32), image_size=64)
         return cls(**{**defaults, **kwargs})
 
 
@@ -102,7 +117,7 @@ def final_specs(cfg: StudyConfig, scratch_lr: float, scratch_bs: int) -> list[Ru
         if regime.family == "scratch":
             lr, bs = scratch_lr, scratch_bs
         else:
-            lr, bs = cfg.lr_overrides.get(regime.name, cfg.base_lr), cfg.batch_size
+            lr, bs = cfg.lr_of(regime), cfg.batch_size
         specs.append(RunSpec(regime.run_name, "final", regime, lr, bs, cfg.epochs, *weights[regime.family]))
     return specs
 
@@ -112,7 +127,7 @@ def train_config(spec: RunSpec, cfg: StudyConfig, manifest: Path) -> training.Tr
         model=spec.regime.model, unfreeze=spec.regime.unfreeze, data_dir=cfg.data_dir,
         output_dir=str(Path(cfg.output_dir) / "runs" / spec.name), splits=str(manifest), epochs=spec.epochs,
         batch_size=spec.batch_size, lr=spec.lr, backbone_lr_scale=spec.regime.backbone_lr_scale,
-        optimizer=cfg.optimizer, image_size=cfg.image_size, augment=spec.regime.augment, pretrained=spec.pretrained,
+        optimizer=cfg.optimizer_of(spec.regime.family), image_size=cfg.image_size, augment=spec.regime.augment, pretrained=spec.pretrained,
         offline_fallback=spec.offline_fallback, seed=cfg.seed,
         lr_auto=cfg.lr_auto and spec.stage == "final" and catalogue.FAMILIES[spec.regime.family].pretrained,
         mixed_precision=cfg.mixed_precision, cache_dir=cfg.cache_dir, progress=cfg.progress,
@@ -161,7 +176,7 @@ def _run_locked_study(cfg: StudyConfig, out: Path) -> Path:
     sweep = sweep_specs(cfg) if "scratch" in cfg.families else []
     best_sweep = runs.select_best(comparison_row(spec, run_spec(spec, cfg, manifest)) for spec in sweep)
     scratch_lr, scratch_bs = ((best_sweep["lr"], best_sweep["batch_size"]) if best_sweep
-                              else (cfg.base_lr, cfg.batch_size))
+                              else (catalogue.OPTIMIZER_DEFAULTS[cfg.optimizer_of("scratch")].lr, cfg.batch_size))
     finals = final_specs(cfg, scratch_lr, scratch_bs)
     for spec in finals:
         run_spec(spec, cfg, manifest)

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
+from . import catalogue, tracking
 from . import precision as hfprecision
-from . import tracking
 from .errors import UserError
 
 
@@ -34,11 +34,13 @@ class TrainConfig:
     skip_bad: bool = False
     epochs: int = 30
     batch_size: int = 32
-    lr: float = 0.01
+    # None: the model family's optimizer (catalogue.Family.optimizer) and that optimizer's lr and weight decay
+    # (catalogue.OPTIMIZER_DEFAULTS), resolved when the config is made, so run.json holds the values used.
+    lr: float | None = None
     backbone_lr_scale: float = 0.1  # unfrozen pretrained blocks learn at lr * scale; the head at lr
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     momentum: float = 0.9
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None
     label_smoothing: float = 0.0
     # A NEW classifier's weights x head_init_scale (0: zeros, so training starts at the uniform prediction) and its
     # bias := head_init_bias; None keeps the architecture's init. A trained head of a saved model is never touched.
@@ -76,6 +78,7 @@ class TrainConfig:
     tracker_project: str | None = None  # tracking: the trackers' project (None: hf_animals); the run is its folder
 
     def __post_init__(self) -> None:
+        self._resolve_optimizer_defaults()
         checks = {
             "train_per_class": self.train_per_class >= 1,  # every run learns, picks its best epoch and tests
             "val_per_class": self.val_per_class >= 1,
@@ -99,8 +102,6 @@ class TrainConfig:
         bad = [f"--{k.replace('_', '-')}={getattr(self, k)}" for k, ok in checks.items() if not ok]
         if bad:
             raise UserError(f"invalid value(s): {', '.join(bad)} (see --help for the allowed ranges)")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         if self.sched not in ("cosine", "step", "none"):
             raise UserError(f"unknown schedule {self.sched!r}; choose from cosine, step, none")
         if self.mixed_precision not in (None, *hfprecision.CHOICES):
@@ -110,6 +111,17 @@ class TrainConfig:
             raise UserError("offline_fallback records a run that could not get pretrained weights: "
                             "it needs pretrained=False")
         tracking.parse_report_to(self.report_to)  # tracking: spelling only; installation is checked when training
+
+    def _resolve_optimizer_defaults(self) -> None:
+        if self.optimizer is None:
+            self.optimizer = catalogue.default_optimizer(self.model)
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        defaults = catalogue.OPTIMIZER_DEFAULTS[self.optimizer]
+        if self.lr is None:
+            self.lr = defaults.lr
+        if self.weight_decay is None:
+            self.weight_decay = defaults.weight_decay
 
 
 OPTIMIZERS = {

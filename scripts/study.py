@@ -38,12 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="few epochs, 64 px images, 2x2 sweep: a demo in minutes")
     p.add_argument("--epochs", type=cli.positive_int, help=f"final runs (default {d.epochs}; quick 6)")
     p.add_argument("--sweep-epochs", type=cli.positive_int, help=f"default {d.sweep_epochs}; quick 3")
-    p.add_argument("--sweep-lrs", type=cli.positive_float, nargs="+", help=f"default {d.sweep_lrs}")
+    lrs = "; ".join(f"{name} {' '.join(f'{lr:g}' for lr in o.sweep_lrs)}"
+                    for name, o in catalogue.OPTIMIZER_DEFAULTS.items())
+    p.add_argument("--sweep-lrs", type=cli.positive_float, nargs="+",
+                   help=f"scratch CNN sweep (default: around its optimizer's lr: {lrs}; quick: the two larger)")
     p.add_argument("--sweep-batch-sizes", type=cli.positive_int, nargs="+", help=f"default {d.sweep_batch_sizes}")
     scales = "; ".join(f"{r.name} x{r.backbone_lr_scale:g}" for r in catalogue.PROTOCOL
                        if catalogue.FAMILIES[r.family].pretrained and not r.head_only)
-    p.add_argument("--lr", dest="base_lr", type=cli.positive_float, default=d.base_lr,
-                   help=f"head lr of transfer regimes; unfrozen pretrained layers get lr x scale ({scales})")
+    p.add_argument("--lr", dest="base_lr", type=cli.positive_float, default=None,
+                   help=f"head lr of transfer regimes (default: their optimizer's, 0.01 SGD / 1e-3 AdamW); unfrozen "
+                        f"pretrained layers get lr x scale ({scales})")
     p.add_argument("--lr-auto", action="store_true",
                    help="each transfer regime's final run picks its head lr by a range test (lr_probe.png, run.json)")
     p.add_argument("--lr-override", type=lr_override, action="append", default=[], metavar="MODEL:REGIME=LR")
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="auto: pretrained weights if they can be had, else random init labelled "
                         f"'{catalogue.OFFLINE_SOURCE}'; hub: required; none: random init for every family")
     p.add_argument("--families", nargs="+", default=list(d.families), help="subset of the protocol's families")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=d.optimizer)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=None,
+                   help="every run's optimizer (default: each family's: adamw for the scratch CNN, sgd otherwise)")
     p.add_argument("--mixed-precision", choices=precision.CHOICES, default=d.mixed_precision,
                    help="auto: bf16 on CPUs/GPUs with native bf16, fp16 on older GPUs, else fp32 (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed)

@@ -47,16 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=cli.positive_int, default=d.epochs)
     g.add_argument("--batch-size", "-b", type=cli.positive_int, default=d.batch_size)
-    g.add_argument("--lr", type=_lr, default=d.lr,
-                   help="learning rate of the head, or 'auto': a range test on the training split picks it "
-                        "(figure lr_probe.png, choice in run.json)")
+    g.add_argument("--lr", type=_lr, default=None,
+                   help="learning rate of the head (default: the optimizer's, 1e-3 AdamW / 0.01 SGD), or 'auto': a "
+                        "range test on the training split picks it (figure lr_probe.png, choice in run.json)")
     g.add_argument("--lr-probe-steps", type=cli.positive_int, default=d.lr_probe_steps,
                    help="steps of the --lr auto range test")
     g.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale,
                    help="unfrozen pretrained blocks learn at lr x this")
-    g.add_argument("--optimizer", "--opt", choices=sorted(training.OPTIMIZERS), default=d.optimizer)
+    g.add_argument("--optimizer", "--opt", choices=sorted(training.OPTIMIZERS), default=None,
+                   help="default: the model family's (adamw for the scratch CNN, sgd for the pretrained families)")
     g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="default: the optimizer's (0.05 AdamW, 1e-4 SGD)")
     g.add_argument("--smoothing", dest="label_smoothing", type=cli.fraction, default=d.label_smoothing)
     g.add_argument("--sched", choices=["cosine", "step", "none"], default=d.sched)
     g.add_argument("--warmup-epochs", type=cli.non_negative_int, default=d.warmup_epochs)

@@ -26,7 +26,8 @@ from hf_animals.errors import UserError
 ROOT = Path(__file__).resolve().parents[1]
 
 # Validation-correct counts out of 40 images (10 classes x 4) of the sweep runs of the tiny study.
-SWEEP_RESULTS = {(0.01, 16): 14, (0.01, 32): 13, (0.03, 16): 17, (0.03, 32): 12}
+LOW, HIGH = study.StudyConfig.quick(data_dir="", output_dir="").sweep_lrs  # the quick sweep's two lrs
+SWEEP_RESULTS = {(LOW, 16): 14, (LOW, 32): 13, (HIGH, 16): 17, (HIGH, 32): 12}
 FINAL_RESULTS = {  # run name -> (val correct, test correct, trainable params, total params, train time s)
     "animals_cnn5__all": (19, 18, 1_008_842, 1_008_842, 40.0),
     "resnet18__fc": (6, 5, 5_130, 11_181_642, 8.0),
@@ -119,6 +120,12 @@ def test_notebook_has_every_section(written):
         assert f"| {name} | 8 | 4 | 4 | 16 |" in section(text, report.SECTIONS[1])
     assert "**generated stand-in** for Animals-10" in text  # sample data is said to be synthetic
     assert text.startswith("# Animals-10:") and "(Animals-10: butterfly, cat," in text  # its classes are Animals-10's
+    # each family's optimizer as its runs used it (catalogue defaults): AdamW for the scratch CNN, SGD for the others
+    optimizers = re.search(r"- \*\*Optimizers:\*\*.*", text).group(0)
+    assert "**ADAMW** with decoupled weight decay 0.05 (none on biases and normalisation parameters) for CNN from " \
+           "scratch" in optimizers
+    assert "**SGD with momentum 0.9** and weight decay 0.0001 (none on biases and normalisation parameters) for " \
+           "ResNet-18, MobileNetV2, EfficientNet-Lite0" in optimizers
 
 
 def test_findings_match_comparison_csv(written, tiny_study):

@@ -365,3 +365,16 @@ def test_lr_auto_probes_the_training_split_and_records_its_choice(sample_dir, ca
     assert summary["recipe"]["lr"] == probe["chosen_lr"] == summary["recipe"]["lr_probe"]["chosen_lr"]
     history = json.loads((out / "history.json").read_text())
     assert history[0]["lr"] < probe["chosen_lr"]  # the cosine schedule starts from the chosen lr and decays
+
+
+def test_optimizer_lr_and_weight_decay_default_to_the_family_and_optimizer():
+    """None means the catalogue's choice, resolved up front so run.json records the values used."""
+    scratch = training.TrainConfig(model="animals_cnn5")
+    assert (scratch.optimizer, scratch.lr, scratch.weight_decay) == ("adamw", 1e-3, 0.05)
+    resnet = training.TrainConfig(model="resnet18.a1_in1k")
+    assert (resnet.optimizer, resnet.lr, resnet.weight_decay) == ("sgd", 0.01, 1e-4)
+    other = training.TrainConfig(model="local-dir:/somewhere")  # outside the catalogue: the generic SGD
+    assert other.optimizer == "sgd"
+    given = training.TrainConfig(model="animals_cnn5", optimizer="sgd", lr=0.05, weight_decay=0.0)
+    assert (given.optimizer, given.lr, given.weight_decay) == ("sgd", 0.05, 0.0)
+    assert training.TrainConfig(model="animals_cnn5", optimizer="sgd").lr == 0.01  # the optimizer's own lr
