@@ -8,8 +8,8 @@ is identical, and augmentation is off in both, so both see the very same pixels 
 the same accuracies: the benchmark checks that. The deliberate differences are the throughput settings a newcomer
 does not write (issue 13): the naive baseline is fp32 in PyTorch's default memory layout; hf_animals runs its
 defaults (`auto` precision: bf16 where the hardware has it; channels_last). The loss agreement is checked at the
-reduced precision's tolerance, and each side's precision is in the JSON (`mixed_precision`: naive / hf_animals). Figures come from the run folders (history.json, run.json), so
-they are the numbers a real run reports.
+reduced precision's tolerance, and each side's precision is in the JSON (`mixed_precision`: naive / hf_animals).
+Figures come from the run folders (history.json, run.json), so they are the numbers a real run reports.
 
 Regimes the study trains with augmentation also get a short probe of the cached pipeline with augmentation on (a
 few batches' worth of training images, no feature cache possible): the data wait and epoch time the study sees.
@@ -63,7 +63,7 @@ class BenchmarkConfig:
     image_size: int = 224
     epochs: int = 3
     batch_size: int = 32
-    lr: float = 0.01
+    lr: float | None = None  # None: each family's optimizer's default lr (train_config), as training uses
     seed: int = 42
     regimes: tuple[str, ...] = DEFAULT_REGIMES
     mixed_precision: str | None = "auto"  # the hf_animals side only; the naive baseline is always fp32 ("no")
@@ -105,7 +105,8 @@ def _run_in(cfg: BenchmarkConfig, work: Path) -> dict:
     data_dir = Path(cfg.data_dir) if cfg.data_dir else _sample_data(cfg, work)
     manifest = hfdata.prepare_splits(data_dir, work, train=cfg.per_class, val=cfg.val_per_class,
                                      test=cfg.test_per_class, seed=cfg.seed, reuse=False)
-    source = {"data_dir": str(data_dir), "median_short_side": median_short_side(data_dir, manifest), "photo_copy": False}
+    source = {"data_dir": str(data_dir), "median_short_side": median_short_side(data_dir, manifest),
+              "photo_copy": False}
     if cfg.data_dir and cfg.photo_sized and source["median_short_side"] < PHOTO_SMALL_RATIO * cfg.source_size:
         _say(cfg, f"[benchmark] note: {data_dir}'s images are much smaller than photos (median short side "
                   f"{source['median_short_side']} px): decoding them costs less than decoding Animals-10's photos, "

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=cli.positive_int, default=d.image_size)
     p.add_argument("--epochs", type=cli.positive_int, default=d.epochs)
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size)
-    p.add_argument("--lr", type=cli.positive_float, default=d.lr)
+    p.add_argument("--lr", type=cli.positive_float, default=d.lr,
+                   help="head lr of every run (default: each family's optimizer's, as training uses)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--regimes", nargs="+", default=list(d.regimes), metavar="MODEL:UNFREEZE",
                    help=f"any of: {' '.join(catalogue.REGIMES)}")
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = benchmark.BenchmarkConfig(
         data_dir=args.data_dir, work_dir=args.work_dir, per_class=args.per_class, val_per_class=args.val_per_class,
-        source_size=args.source_size, photo_sized=not args.images_as_is, image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+        source_size=args.source_size, photo_sized=not args.images_as_is, image_size=args.image_size,
+        epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, seed=args.seed, regimes=tuple(args.regimes), mixed_precision=args.mixed_precision,
         num_workers=args.workers, threads=args.threads, augment_batches=args.augment_batches, progress=not args.quiet)
     result = benchmark.run_benchmark(cfg)
